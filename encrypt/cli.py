@@ -1,0 +1,195 @@
+"""encrypt-dataset: the data owner's command. Thin click wrapper over encrypt.main."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from encrypt.ciphers import MODES
+from encrypt.main import MODE_RISK, check_out_dir, encrypt_dataset
+from encrypt.plan import JobSettings
+from encrypt.sources import InputError, list_coco, list_imagefolder
+from keys.errors import KeystoreError
+from keys.keystore import open_keystore
+from keys.passphrase import read_passphrase
+from shards.manifest import ManifestError
+
+DEFAULT_MODE = "mix-shuffle"
+
+
+class BadInput(click.ClickException):
+    """Usage or input problem: one line, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def one_line_errors(fn):
+    """Turn the project's input errors into one clear line and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (InputError, KeystoreError, ManifestError, ValueError) as exc:
+            raise BadInput(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    return wrapper
+
+
+def keystore_options(fn):
+    fn = click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
+                      help="Read the keystore passphrase from this file (else PATCHVEIL_PASSPHRASE, else a prompt).")(fn)
+    fn = click.option("--keystore", envvar="PATCHVEIL_KEYSTORE", required=True,
+                      type=click.Path(file_okay=False, path_type=Path),
+                      help="Keystore folder made by `dataset-keys init` (or PATCHVEIL_KEYSTORE).")(fn)
+    return fn
+
+
+def job_options(fn):
+    options = [
+        click.option("--dataset-id", help="Name the dataset key is derived for (default: the source folder's name)."),
+        click.option("--patch", default=16, show_default=True, help="Patch size p (the ViT token size)."),
+        click.option("--sub-patch", default=8, show_default=True, help="Sub-patch size s for mix modes."),
+        click.option("--size", default=224, show_default=True, help="Side of the square image the cipher sees."),
+        click.option("--format", "fmt", type=click.Choice(["jpeg", "png"]), default="jpeg", show_default=True),
+        click.option("--quality", default=95, show_default=True, help="JPEG quality."),
+        click.option("--grayscale", is_flag=True, help="Store one channel (e.g. Fashion-MNIST) instead of RGB."),
+        click.option("--shard-samples", default=1000, show_default=True, help="Samples per shard."),
+        click.option("--num-cpus", default=os.cpu_count() or 1, show_default=True,
+                     help="Local Ray workers; 0 runs in-process without Ray."),
+        click.option("--ray-address", help="Join this Ray cluster instead of starting a local one."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted job in the same OUT."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _check_geometry(mode: str, patch: int, sub_patch: int, size: int) -> None:
+    if size % patch:
+        raise InputError(f"--size {size} is not divisible by --patch {patch}")
+    if mode in ("mix", "mix-shuffle") and (sub_patch <= 0 or patch % sub_patch):
+        raise InputError(f"--sub-patch {sub_patch} does not divide --patch {patch}")
+
+
+def _warn_mode(mode: str) -> None:
+    if mode in MODE_RISK:
+        click.echo(f"warning: mode {mode}: {MODE_RISK[mode]} (see docs/privacy.md)", err=True)
+
+
+def _open_keystore(keystore: Path, passphrase_file: Path | None):
+    return open_keystore(keystore, read_passphrase(passphrase_file))
+
+
+def _report(summary, out: Path) -> None:
+    click.echo(f"wrote {summary.images_written} images in {summary.shards} shards "
+               f"({summary.bytes / 1e6:.1f} MB) to {out} in {summary.seconds:.1f} s "
+               f"({summary.images_per_second:.0f} images/s)")
+    if summary.resumed_shards:
+        click.echo(f"resumed: {summary.resumed_shards} shards were already done and verified")
+    for reason, count in sorted(summary.skipped.items()):
+        click.echo(f"skipped {count}: {reason}")
+    click.echo(f"manifest digest {summary.manifest_digest}; owner report in {out}.owner/")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Encrypt an image dataset into signed, keyed WebDataset shards.
+
+    \b
+    Example:
+      dataset-keys init --keystore ~/pv-keys
+      encrypt-dataset imagefolder ~/data/imagenet ~/release --keystore ~/pv-keys
+    """
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@keystore_options
+@job_options
+@click.option("--mode", type=click.Choice(MODES + ("none",)), default=DEFAULT_MODE, show_default=True,
+              help="Cipher. `none` writes plain images for baselines only.")
+@click.option("--resize", type=int, help="Shorter side before the centre crop (default: size·8/7).")
+@click.option("--views", default=1, show_default=True,
+              help="Keyed random-resized-crop + flip views per training image (1: centre crop).")
+@click.option("--split", help="Treat SRC/{class}/* as this one split.")
+@click.option("--hide-class-names", is_flag=True, help="Keep only the class count in the manifest.")
+@click.option("--min-side", type=int, help="Skip images whose shorter side is below this (default: size/4).")
+@one_line_errors
+def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patch, size, fmt, quality,
+                grayscale, shard_samples, num_cpus, ray_address, resume, quiet, mode, resize, views,
+                split, hide_class_names, min_side):
+    """Encrypt an ImageFolder tree: SRC/{train,val}/{class}/* or SRC/{class}/*.
+
+    \b
+    Example:
+      encrypt-dataset imagefolder ~/data/imagenet ~/release --keystore ~/pv-keys \\
+          --mode mix-shuffle --views 4 --num-cpus 32
+    """
+    _check_geometry(mode, patch, sub_patch, size)
+    if views < 1:
+        raise InputError(f"--views must be at least 1, got {views}")
+    check_out_dir(out, [src], resume)
+    listing = list_imagefolder(src, split)
+    settings = JobSettings(mode=mode, patch=patch, sub_patch=sub_patch if mode.startswith("mix") else None,
+                           size=size, resize=resize or round(size * 8 / 7), views=views, format=fmt,
+                           quality=quality, channels=1 if grayscale else 3, shard_samples=shard_samples,
+                           min_side=size // 4 if min_side is None else min_side)
+    _warn_mode(mode)
+    store = _open_keystore(keystore, passphrase_file)
+    summary = encrypt_dataset(listing, out, store, dataset_id or Path(src).resolve().name, settings,
+                              workers=num_cpus, ray_address=ray_address, resume=resume,
+                              hide_class_names=hide_class_names, progress=not quiet)
+    _report(summary, out)
+
+
+@cli.command()
+@click.argument("images", type=click.Path(path_type=Path))
+@click.argument("annotations", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@keystore_options
+@job_options
+@click.option("--mode", default="mix", show_default=True,
+              help="Only `mix` (or `none` for baselines): shuffled positions cannot carry boxes.")
+@click.option("--split", default="train", show_default=True, help="Split name for these images.")
+@one_line_errors
+def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch, sub_patch, size, fmt,
+         quality, grayscale, shard_samples, num_cpus, ray_address, resume, quiet, mode, split):
+    """Encrypt a COCO detection set: IMAGES folder + instances JSON, letterboxed to --size.
+
+    \b
+    Example:
+      encrypt-dataset coco ~/coco/train2017 ~/coco/annotations/instances_train2017.json \\
+          ~/coco-release --keystore ~/pv-keys --mode mix --size 512
+    """
+    if mode in ("shuffle", "mix-shuffle"):
+        raise InputError(f"--mode {mode} cannot be used for detection: shuffled patch positions "
+                         "cannot carry boxes; use --mode mix")
+    if mode not in ("mix", "none"):
+        raise InputError(f"--mode {mode} is not a cipher; use --mode mix")
+    _check_geometry(mode, patch, sub_patch, size)
+    check_out_dir(out, [images], resume)
+    listing = list_coco(images, annotations, split)
+    settings = JobSettings(mode=mode, patch=patch, sub_patch=sub_patch if mode == "mix" else None,
+                           size=size, resize=size, views=1, format=fmt, quality=quality,
+                           channels=1 if grayscale else 3, shard_samples=shard_samples,
+                           task="detection", min_side=1)
+    _warn_mode(mode)
+    store = _open_keystore(keystore, passphrase_file)
+    summary = encrypt_dataset(listing, out, store, dataset_id or Path(images).resolve().name, settings,
+                              workers=num_cpus, ray_address=ray_address, resume=resume, progress=not quiet)
+    _report(summary, out)
+
+
+def main() -> None:
+    cli(prog_name="encrypt-dataset")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Decode one raw file into a clean uint8 array, or say exactly why it cannot be used.
+
+Every odd input a real dataset holds is normalised here, once: EXIF rotation applied, alpha
+composited on white, palette and CMYK converted, 16-bit scaled to 8-bit, and all metadata
+dropped (only pixels leave this module). Pillow's decompression-bomb limit is enforced as an
+error, not a warning.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class DecodeError(Exception):
+    """The file is not a usable image; the message is the reason (no path: callers add it)."""
+
+
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img)
+        scale = 257.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else 1.0
+        img = Image.fromarray(np.clip(np.rint(arr / scale), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("LA", "RGBA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    target = "L" if channels == 1 else "RGB"
+    return img if img.mode == target else img.convert(target)
+
+
+def decode_image(path: Path, channels: int = 3) -> np.ndarray:
+    """Return H×W×channels uint8 pixels of the file, upright and without metadata."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                img = _to_mode(img, channels)
+                arr = np.asarray(img, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(f"over the decompression-bomb limit ({exc.__class__.__name__})") from None
+    except UnidentifiedImageError:
+        raise DecodeError("not a recognised image format") from None
+    except IsADirectoryError:
+        raise DecodeError("is a directory, not a file") from None
+    except PermissionError:
+        raise DecodeError("unreadable (permission denied)") from None
+    except FileNotFoundError:
+        raise DecodeError("missing or a broken symlink") from None
+    except OSError as exc:
+        reason = str(exc).split("\n")[0] or exc.__class__.__name__
+        if "truncated" in reason:
+            reason = "truncated image data"
+        raise DecodeError(f"cannot decode: {reason}") from None
+    except (ValueError, SyntaxError) as exc:  # malformed headers surface as these in Pillow
+        raise DecodeError(f"cannot decode: {exc.__class__.__name__}") from None
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise DecodeError("empty image (zero width or height)")
+    return np.ascontiguousarray(arr)

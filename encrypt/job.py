@@ -1,0 +1,99 @@
+"""One shard end to end: read, decode, transform, encrypt, encode, write, hash, rename.
+
+This is the unit of work a Ray task runs (encrypt/distribute.py). It is a plain function of
+its task, the settings and the dataset key, so a shard's bytes never depend on which worker
+ran it or how many there were.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from encrypt.ciphers import encrypt_image, permutation_length, stored_size
+from encrypt.decode import DecodeError, decode_image
+from encrypt.encode import encode_image, extension
+from encrypt.geometry import letterbox, random_resized_crop, resize_center_crop
+from encrypt.plan import JobSettings, PlannedSample, ShardTask
+from encrypt.sources import Skipped
+from shards.manifest import ShardEntry
+from shards.writer import ShardWriter
+
+MIN_BOX_SIDE = 1.0  # stored-image pixels; smaller boxes carry no learnable object
+
+
+@dataclass
+class ShardResult:
+    entry: ShardEntry
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def prepare_pixels(sample: PlannedSample, settings: JobSettings, dataset_key) -> tuple[np.ndarray, dict | None, list[str]]:
+    """Decode and shape one sample; returns (pixels, detection meta or None, notes)."""
+    item = sample.item
+    pixels = decode_image(item.path, settings.channels)
+    h, w = pixels.shape[:2]
+    if min(h, w) < settings.min_side:
+        raise DecodeError(f"too small: {w}x{h}, shorter side under {settings.min_side}")
+    if settings.task == "detection":
+        return _letterbox_with_objects(pixels, item.annotation or {}, settings)
+    if sample.view >= 0:
+        rng = dataset_key.stream("crop/" + item.split, sample.key)
+        return random_resized_crop(pixels, settings.size, rng), None, []
+    return resize_center_crop(pixels, settings.resize, settings.size), None, []
+
+
+def _letterbox_with_objects(pixels: np.ndarray, annotation: dict, settings: JobSettings):
+    objects = annotation.get("objects", [])
+    boxes = np.array([o["bbox"] for o in objects], dtype=np.float64).reshape(-1, 4)
+    img, boxes, _ = letterbox(pixels, settings.size, boxes)
+    # Boxes are stored in stored-image pixels: mix keeps sub_patch pixels per patch.
+    ratio = (settings.sub_patch / settings.patch) if settings.mode == "mix" else 1.0
+    boxes = boxes * ratio
+    kept, notes = [], []
+    for obj, box in zip(objects, boxes):
+        if box[2] < MIN_BOX_SIDE * ratio or box[3] < MIN_BOX_SIDE * ratio:
+            notes.append("annotation dropped: box outside the image or under one pixel")
+            continue
+        kept.append((obj, box))
+    sh, sw = stored_size(settings.mode, settings.size, settings.size, settings.patch, settings.sub_patch)
+    meta = {
+        "boxes": [[round(float(v), 3) for v in box] for _, box in kept],
+        "category_ids": [int(o["category_id"]) for o, _ in kept],
+        "iscrowd": [int(o.get("iscrowd", 0)) for o, _ in kept],
+        "area": [round(float(box[2] * box[3]), 3) for _, box in kept],
+        "image_size": [sh, sw],
+    }
+    return img, meta, notes
+
+
+def encrypt_sample(pixels: np.ndarray, sample: PlannedSample, settings: JobSettings, dataset_key) -> bytes:
+    """Cipher and encode one prepared image."""
+    h, w = pixels.shape[:2]
+    n = permutation_length(settings.mode, h, w, settings.patch, settings.sub_patch)
+    perm = dataset_key.permutation(n, sample.split, sample.key) if n else None
+    enc = encrypt_image(pixels, settings.mode, perm, settings.patch, settings.sub_patch)
+    return encode_image(enc, settings.format, settings.quality)
+
+
+def encrypt_shard(task: ShardTask, settings: JobSettings, dataset_key, out_dir: Path) -> ShardResult:
+    """Write one complete shard (or nothing: the writer renames only on success)."""
+    start = time.perf_counter()
+    skipped: list[Skipped] = []
+    ext = extension(settings.format)
+    with ShardWriter(Path(out_dir), task.split, task.index) as writer:
+        for sample in task.samples:
+            item = sample.item
+            try:
+                pixels, meta, notes = prepare_pixels(sample, settings, dataset_key)
+            except DecodeError as exc:
+                skipped.append(Skipped(item.split, item.rel_path, str(exc)))
+                continue
+            skipped.extend(Skipped(item.split, item.rel_path, note) for note in notes)
+            writer.write(sample.key, encrypt_sample(pixels, sample, settings, dataset_key), ext,
+                         cls=item.label, meta=meta)
+        entry = writer.close()
+    return ShardResult(entry, skipped, time.perf_counter() - start)

@@ -1,0 +1,73 @@
+"""The project's only source of keyed randomness: a ChaCha20 keystream turned into integers.
+
+Every seed is a unique HMAC output (see ``keys.derive``), so the fixed all-zero nonce never
+repeats under one key. The byte-to-integer rules are part of the shard format: the same seed
+must give the same permutation in every release.
+"""
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+SEED_BYTES = 32
+_NONCE = bytes(16)  # cryptography's ChaCha20 nonce: 4-byte block counter (0) + 12-byte nonce
+_CHUNK = 512
+
+
+class KeyStream:
+    """Deterministic, unbiased draws from ``ChaCha20(key=seed)``."""
+
+    __slots__ = ("_encryptor", "_buffer", "_pos")
+
+    def __init__(self, seed: bytes) -> None:
+        if not isinstance(seed, (bytes, bytearray)) or len(seed) != SEED_BYTES:
+            raise ValueError(f"KeyStream seed must be {SEED_BYTES} bytes")
+        self._encryptor = Cipher(algorithms.ChaCha20(bytes(seed), _NONCE), mode=None).encryptor()
+        self._buffer = b""
+        self._pos = 0
+
+    def __repr__(self) -> str:
+        return "KeyStream(<keyed>)"
+
+    def __reduce__(self):  # a stream mid-way cannot be rebuilt without its seed; say so
+        raise TypeError("KeyStream cannot be pickled; send the seed's source (DatasetKey) instead")
+
+    def _take(self, count: int) -> bytes:
+        """Next ``count`` keystream bytes, in order."""
+        if self._pos + count > len(self._buffer):
+            rest = self._buffer[self._pos:]
+            fresh = self._encryptor.update(bytes(max(_CHUNK, count)))
+            self._buffer, self._pos = rest + fresh, 0
+        out = self._buffer[self._pos:self._pos + count]
+        self._pos += count
+        return out
+
+    def _bits(self, k: int) -> int:
+        """A uniform integer in ``[0, 2**k)`` from the next ``ceil(k/8)`` bytes (big-endian)."""
+        nbytes = (k + 7) // 8
+        return int.from_bytes(self._take(nbytes), "big") >> (8 * nbytes - k)
+
+    def randbelow(self, n: int) -> int:
+        """A uniform integer in ``[0, n)``: draw ``bit_length(n-1)`` bits, reject values >= n."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"randbelow needs a positive integer, got {n!r}")
+        k = (n - 1).bit_length()
+        if k == 0:
+            return 0
+        while True:
+            r = self._bits(k)
+            if r < n:
+                return r
+
+    def uniform(self) -> float:
+        """A float in ``[0, 1)`` with 53 random bits (every double of the form m/2**53)."""
+        return (int.from_bytes(self._take(8), "big") >> 11) * (1.0 / (1 << 53))
+
+    def permutation(self, n: int) -> list[int]:
+        """A uniform random permutation of ``range(n)`` (Fisher–Yates, from the last index down)."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"permutation needs a non-negative integer, got {n!r}")
+        perm = list(range(n))
+        for i in range(n - 1, 0, -1):
+            j = self.randbelow(i + 1)
+            perm[i], perm[j] = perm[j], perm[i]
+        return perm

@@ -1,0 +1,322 @@
+"""Read a release of shards back: the signed manifest, the samples, and the shard checks.
+
+Two ways to read samples. `iter_samples` walks a split shard by shard with a strict tar
+reader (every member must belong to the contract, a corrupt header is an error rather than
+an early end); tests, the auditor and small tools use it. `webdataset_pipeline` streams the
+same samples through webdataset with node/worker splitting, shuffling, resampling and a fixed
+epoch length, which is what training wraps. Both decode an image to an H×W×C uint8 array and
+check it against the manifest's cipher. `verify_shards` checks files against the manifest.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from shards.manifest import MANIFEST_NAME, CipherSpec, Manifest, ManifestError, ShardEntry
+from shards.writer import KEY_PATTERN, TEMP_PATTERN
+
+IMAGE_MEMBERS = {"jpg": "JPEG", "png": "PNG"}
+MEMBERS = {"jpg", "png", "cls", "json"}
+STORAGE_EXTENSION = {"jpeg": "jpg", "png": "png"}
+_CHUNK = 1 << 20
+
+
+class ShardError(ValueError):
+    """A shard breaks the contract; the one-line message names the shard and the reason."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One decoded sample: opaque key, stored (encrypted) image H×W×C uint8, label, json meta."""
+
+    key: str
+    image: np.ndarray
+    label: int | None
+    meta: dict | None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 hex of a file, read in 1 MiB chunks (shards can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(out_dir: str | os.PathLike, public_key: bytes | None = None) -> Manifest:
+    """Load `out_dir/manifest.json` and verify its signature.
+
+    Pass the data owner's public key; with None only the key named inside the manifest is
+    used, which proves integrity but not who signed (see Manifest.verify).
+    """
+    path = Path(out_dir) / MANIFEST_NAME
+    manifest = Manifest.load(path)
+    try:
+        manifest.verify(public_key)
+    except ManifestError as e:
+        raise ManifestError(f"{path}: {e}") from None
+    return manifest
+
+
+# -- decoding one sample -------------------------------------------------------------------
+
+def decode_image(data: bytes, ext: str, where: str) -> np.ndarray:
+    """Decode stored image bytes to H×W×C uint8 (C = 1 for L, 3 for RGB); refuse anything else."""
+    try:
+        with Image.open(io.BytesIO(data), formats=[IMAGE_MEMBERS[ext]]) as img:
+            if img.mode not in ("L", "RGB"):
+                raise ShardError(f"{where}: image mode {img.mode} is neither L nor RGB")
+            array = np.array(img)
+    except ShardError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ShardError(f"{where}: the {ext} image does not decode ({e})") from None
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _decode_sample(raw: dict[str, Any], shard: str, cipher: CipherSpec | None,
+                   num_classes: int | None, decode: bool = True) -> Sample:
+    """Check one grouped tar sample against the contract and decode it."""
+    key = raw.get("__key__")
+    if not isinstance(key, str) or not KEY_PATTERN.match(key):
+        raise ShardError(f"{shard}: sample key {key!r:.80} is not an opaque id")
+    where = f"{shard}: sample {key}"
+    members = {k: v for k, v in raw.items() if not k.startswith("__")}
+    unknown = sorted(set(members) - MEMBERS)
+    if unknown:
+        raise ShardError(f"{where}: member .{unknown[0]:.20} is not part of the shard contract")
+    images = [ext for ext in IMAGE_MEMBERS if ext in members]
+    if len(images) != 1:
+        raise ShardError(f"{where}: expected one image (jpg or png), found {len(images)}")
+    ext = images[0]
+    if cipher is not None and ext != STORAGE_EXTENSION[cipher.format]:
+        raise ShardError(f"{where}: a {ext} image in a release stored as {cipher.format}")
+
+    label = None
+    if "cls" in members:
+        text = members["cls"].decode("ascii", "replace")
+        if not text.isdigit() or not text.isascii():
+            raise ShardError(f"{where}: cls {text!r:.20} is not a class index")
+        label = int(text)
+        if num_classes is not None and label >= num_classes:
+            raise ShardError(f"{where}: class {label} is outside the manifest's {num_classes} classes")
+    meta = None
+    if "json" in members:
+        try:
+            meta = json.loads(members["json"])
+        except (UnicodeDecodeError, ValueError):
+            raise ShardError(f"{where}: json member is not valid JSON") from None
+        if not isinstance(meta, dict):
+            raise ShardError(f"{where}: json member is not a JSON object")
+
+    if not decode:
+        return Sample(key, members[ext], label, meta)
+    image = decode_image(members[ext], ext, where)
+    if cipher is not None:
+        expected = (*cipher.stored_size, cipher.channels)
+        if image.shape != expected:
+            raise ShardError(f"{where}: image is {'x'.join(map(str, image.shape))}, "
+                             f"the cipher says {'x'.join(map(str, expected))}")
+    return Sample(key, image, label, meta)
+
+
+# -- the strict tar reader -----------------------------------------------------------------
+
+def _iter_tar(path: Path, read_data: bool = True) -> Iterator[dict[str, Any]]:
+    """Group a shard's members into samples; members of one sample must be adjacent.
+
+    Python's tarfile stops quietly at a corrupt header; here whatever follows the last
+    header must be the all-zero end of the archive, or the shard is reported as corrupt.
+    """
+    name = path.name
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise ShardError(f"{name}: missing") from None
+    except OSError as e:
+        raise ShardError(f"{name}: cannot be read ({e.strerror})") from None
+    with f:
+        try:
+            tar = tarfile.open(fileobj=f, mode="r:")
+        except tarfile.TarError as e:
+            raise ShardError(f"{name}: not a readable tar ({e})") from None
+        with tar:
+            seen: set[str] = set()
+            current: dict[str, Any] | None = None
+            try:
+                for member in tar:
+                    if not member.isfile():
+                        raise ShardError(f"{name}: member {member.name!r:.80} is not a regular file")
+                    key, dot, ext = member.name.partition(".")
+                    if not dot or "/" in member.name:
+                        raise ShardError(f"{name}: member {member.name!r:.80} is not named <key>.<type>")
+                    if current is None or current["__key__"] != key:
+                        if current is not None:
+                            yield current
+                        if key in seen:
+                            raise ShardError(f"{name}: sample {key:.80} appears in two places")
+                        seen.add(key)
+                        current = {"__key__": key}
+                    if ext in current:
+                        raise ShardError(f"{name}: sample {key:.80} has two .{ext:.20} members")
+                    current[ext] = tar.extractfile(member).read() if read_data else b""
+                end = tar.offset
+            except tarfile.TarError as e:
+                raise ShardError(f"{name}: corrupt tar ({e})") from None
+            if current is not None:
+                yield current
+        f.seek(end)
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            if chunk.count(0) != len(chunk):
+                raise ShardError(f"{name}: corrupt tar header at byte {end} (the rest of the shard is unreadable)")
+
+
+def count_samples(path: str | os.PathLike) -> int:
+    """Samples in a shard (headers only), with the same strictness as iter_samples."""
+    return sum(1 for _ in _iter_tar(Path(path), read_data=False))
+
+
+def iter_samples(out_dir: str | os.PathLike, split: str, manifest: Manifest | None = None) -> Iterator[Sample]:
+    """Yield a split's samples in shard order, decoded and checked against the manifest.
+
+    Without `manifest`, it is loaded from out_dir and checked against the key it names.
+    """
+    manifest = manifest if manifest is not None else load_manifest(out_dir)
+    for path in manifest.shard_paths(out_dir, split):
+        for raw in _iter_tar(path):
+            yield _decode_sample(raw, path.name, manifest.cipher, manifest.num_classes)
+
+
+# -- the training stream -------------------------------------------------------------------
+
+def _to_tuple(raw: dict[str, Any], cipher: CipherSpec, num_classes: int,
+              decode: bool) -> tuple[Any, int | None, dict | None]:
+    shard = Path(str(raw.get("__url__", "?"))).name
+    sample = _decode_sample(raw, shard, cipher, num_classes, decode)
+    return sample.image, sample.label, sample.meta
+
+
+def webdataset_pipeline(
+    out_dir: str | os.PathLike,
+    split: str,
+    *,
+    manifest: Manifest | None = None,
+    shuffle: int = 0,
+    resampled: bool = False,
+    epoch_length: int | None = None,
+    nodesplitter: Callable | None = wds.split_by_node,
+    workersplitter: Callable | None = wds.split_by_worker,
+    decode: bool = True,
+    check_digests: bool = False,
+    seed: int | None = None,
+) -> wds.WebDataset:
+    """A webdataset stream of `(image, label, meta)` for one split.
+
+    `image` is an H×W×C uint8 array, or the stored bytes when `decode=False` (to decode
+    elsewhere). `shuffle` > 0 shuffles the shard order and samples in a buffer of that size;
+    `resampled` draws shards with replacement forever, so give `epoch_length` (samples per
+    epoch per worker) for DDP, where every rank must see the same number of batches.
+    `check_digests` hashes the split's shards against the manifest before streaming;
+    otherwise a damaged shard is only noticed if it no longer parses.
+    """
+    manifest = manifest if manifest is not None else load_manifest(out_dir)
+    entries = manifest.entries(split)
+    if check_digests:
+        problems = [p for e in entries for p in _check_entry(Path(out_dir), e, True)]
+        if problems:
+            raise ShardError(problems[0] + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+    if isinstance(shuffle, bool) or not isinstance(shuffle, int) or shuffle < 0:
+        raise ValueError(f"shuffle: expected a buffer size >= 0, got {shuffle!r:.20}")
+    urls = [str(p) for p in manifest.shard_paths(out_dir, split)]
+    dataset = wds.WebDataset(
+        urls,
+        resampled=resampled,
+        shardshuffle=False if resampled or shuffle == 0 else len(urls),
+        detshuffle=seed is not None,
+        seed=seed,
+        nodesplitter=nodesplitter,
+        workersplitter=workersplitter,
+    )
+    if shuffle > 0:
+        dataset = dataset.shuffle(shuffle, **({"seed": seed} if seed is not None else {}))
+    dataset = dataset.map(functools.partial(_to_tuple, cipher=manifest.cipher,
+                                            num_classes=manifest.num_classes, decode=decode))
+    if epoch_length is not None:
+        if isinstance(epoch_length, bool) or not isinstance(epoch_length, int) or epoch_length < 1:
+            raise ValueError(f"epoch_length: expected a positive number of samples, got {epoch_length!r:.20}")
+        dataset = dataset.with_epoch(epoch_length)
+    return dataset
+
+
+# -- checking files against the manifest ---------------------------------------------------
+
+def _check_entry(out_dir: Path, entry: ShardEntry, check_digests: bool) -> list[str]:
+    path = out_dir / entry.name
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return [f"{entry.name}: missing"]
+    except OSError as e:
+        return [f"{entry.name}: cannot be read ({e.strerror})"]
+    if not stat.S_ISREG(st.st_mode):
+        return [f"{entry.name}: not a regular file"]
+    problems = []
+    if st.st_size != entry.bytes:
+        problems.append(f"{entry.name}: size {st.st_size} bytes, the manifest says {entry.bytes}")
+    if not check_digests:
+        return problems
+    try:
+        digest = sha256_file(path)
+    except OSError as e:
+        return problems + [f"{entry.name}: cannot be read ({e.strerror})"]
+    if digest != entry.sha256:
+        problems.append(f"{entry.name}: sha256 {digest[:16]}... differs from the manifest's {entry.sha256[:16]}...")
+    try:
+        count = count_samples(path)
+    except ShardError as e:
+        return problems + [str(e)]
+    if count != entry.samples:
+        problems.append(f"{entry.name}: {count} samples, the manifest says {entry.samples}")
+    return problems
+
+
+def verify_shards(out_dir: str | os.PathLike, manifest: Manifest, *, check_digests: bool = True) -> list[str]:
+    """Every problem with the release's files, each naming the file and the reason.
+
+    Checks each listed shard (exists, size; with `check_digests` also sha256 and sample
+    count) and that OUT holds nothing else: an unlisted shard, a temporary file left by an
+    interrupted write, or any other file is reported. An empty list means all is well.
+    It does not check the signature: load_manifest / Manifest.verify do.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return [f"{out_dir}: not a directory"]
+    problems: list[str] = []
+    listed = {MANIFEST_NAME}
+    for entries in manifest.splits.values():
+        for entry in entries:
+            listed.add(entry.name)
+            problems += _check_entry(out_dir, entry, check_digests)
+    for path in sorted(out_dir.iterdir()):
+        if path.name in listed:
+            continue
+        if TEMP_PATTERN.match(path.name):
+            problems.append(f"{path.name}: temporary file left by an interrupted write")
+        elif path.suffix.lower() == ".tar":
+            problems.append(f"{path.name}: shard present but not listed in the manifest")
+        else:
+            problems.append(f"{path.name}: not part of the release (only manifest.json and listed shards belong)")
+    return problems

@@ -1,0 +1,174 @@
+"""Write one WebDataset shard with reproducible bytes, atomically.
+
+Every tar header field that could vary between runs or leak something is fixed: mtime 0,
+uid/gid 0, one user/group name, mode 0444, the USTAR format, and member names made only of
+the opaque sample id and the member type. So the same samples in the same order give the
+same sha256, whichever machine or worker writes them. The shard is written to a hidden
+temporary name in the output directory and renamed only when complete, so a crash never
+leaves a half shard under a real name.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tarfile
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO
+
+import webdataset as wds
+
+from shards.manifest import SPLIT_PATTERN, ShardEntry, canonical_json, fsync_directory
+
+KEY_PATTERN = re.compile(r"^[0-9a-f]{8,64}(_v[0-9]{1,6})?$")
+IMAGE_MAGIC = {"jpg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n"}
+TAR_OWNER = "patchveil"
+TAR_MODE = 0o444
+TAR_MTIME = 0
+TAR_FORMAT = tarfile.USTAR_FORMAT
+SHARD_FILE_MODE = 0o644
+TEMP_PATTERN = re.compile(r"^\..+\.tar\.[^.]+\.tmp$")
+"""Names of temporary shards (`.{name}.{random}.tmp`): a leftover one marks an interrupted write."""
+
+
+def shard_name(split: str, index: int) -> str:
+    """The file name of a split's index-th shard: `{split}-{index:06d}.tar`."""
+    if not isinstance(split, str) or not SPLIT_PATTERN.match(split):
+        raise ValueError(f"split {split!r:.40}: use letters, digits, _ and - (at most 64)")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= 999_999:
+        raise ValueError(f"shard index {index!r:.20}: expected an integer from 0 to 999999")
+    return f"{split}-{index:06d}.tar"
+
+
+class _HashingFile:
+    """Hashes and counts bytes on their way to disk, so close() need not read the shard back."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._f.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+class ShardWriter:
+    """One shard, written sample by sample; use it as a context manager.
+
+    `close()` (or leaving the `with` block normally) fsyncs, renames the shard into place and
+    returns its ShardEntry. An exception inside the `with` block removes the temporary file.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, split: str, index: int) -> None:
+        self.out_dir = Path(out_dir)
+        self.name = shard_name(split, index)
+        self.path = self.out_dir / self.name
+        if not self.out_dir.is_dir():
+            raise NotADirectoryError(f"{self.out_dir}: output directory does not exist")
+        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{self.name}.", suffix=".tmp")
+        self._tmp = Path(tmp)
+        self._file = os.fdopen(fd, "wb")
+        self._keys: set[str] = set()
+        self._entry: ShardEntry | None = None
+        self._aborted = False
+        try:
+            self._hashing = _HashingFile(self._file)
+            self._tar = wds.TarWriter(self._hashing, user=TAR_OWNER, group=TAR_OWNER, mode=TAR_MODE,
+                                      mtime=TAR_MTIME, encoder=False, format="USTAR_FORMAT")
+            # webdataset's TarWriter accepts `format` but opens the stream with Python's
+            # default (PAX); set it on the stream so the header layout never depends on that.
+            self._tar.tarstream.format = TAR_FORMAT
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def samples(self) -> int:
+        """Samples written so far."""
+        return len(self._keys)
+
+    def write(self, key: str, image: bytes, ext: str, cls: int | None = None,
+              meta: dict[str, Any] | None = None) -> None:
+        """Append one sample: `key.{jpg|png}`, then `key.cls` (decimal) and `key.json` (canonical)."""
+        if self._entry is not None or self._aborted:
+            raise ValueError(f"{self.name}: the writer is already closed")
+        if not isinstance(key, str) or not KEY_PATTERN.match(key):
+            raise ValueError(f"{self.name}: sample key {key!r:.80} is not an opaque id "
+                             "(8-64 lowercase hex digits, optionally _v<N>)")
+        if key in self._keys:
+            raise ValueError(f"{self.name}: sample key {key} is written twice")
+        if ext not in IMAGE_MAGIC:
+            raise ValueError(f"{self.name}: sample {key}: image type {ext!r:.20} is not one of jpg, png")
+        data = bytes(image)
+        if not data.startswith(IMAGE_MAGIC[ext]):
+            raise ValueError(f"{self.name}: sample {key}: the image bytes are not a {ext} file")
+        sample: dict[str, Any] = {"__key__": key, ext: data}
+        if cls is not None:
+            if isinstance(cls, bool) or not isinstance(cls, int) or cls < 0:
+                raise ValueError(f"{self.name}: sample {key}: class index {cls!r:.20} is not a non-negative integer")
+            sample["cls"] = str(cls).encode("ascii")
+        if meta is not None:
+            if not isinstance(meta, dict):
+                raise ValueError(f"{self.name}: sample {key}: meta must be a dict")
+            try:
+                sample["json"] = canonical_json(meta)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{self.name}: sample {key}: meta is not JSON-serialisable ({e})") from None
+        self._tar.write(sample)
+        self._keys.add(key)
+
+    def close(self) -> ShardEntry:
+        """Finish the tar, fsync, rename it to its final name and describe it for the manifest."""
+        if self._entry is not None:
+            return self._entry
+        if self._aborted:
+            raise ValueError(f"{self.name}: the write was aborted")
+        try:
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.chmod(self._tmp, SHARD_FILE_MODE)
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        fsync_directory(self.out_dir)
+        self._entry = ShardEntry(name=self.name, sha256=self._hashing.sha256.hexdigest(),
+                                 bytes=self._hashing.size, samples=len(self._keys))
+        return self._entry
+
+    def abort(self) -> None:
+        """Drop the shard: close everything and remove the temporary file."""
+        if self._entry is not None or self._aborted:
+            return
+        self._aborted = True
+        tar = getattr(self, "_tar", None)
+        if tar is not None:
+            try:
+                tar.tarstream.close()
+            except Exception:  # the file may be broken already; it is being removed anyway
+                pass
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,121 @@
+"""PEViT: a timm VisionTransformer for shuffled tokens (``shuffle`` and ``mix-shuffle`` shards).
+
+The absolute position embedding is dropped (``pos_embed='none'``) and replaced by RPE on
+the patch tokens (see ``rpe.py``); the class token is kept and read out by the head, so the
+logits do not depend on the order of the input tokens. timm >= 1.0.26 is needed: before
+it ``pos_embed='none'`` silently dropped the class token.
+
+The token tile is the model's ``patch_size``:
+
+- ``shuffle`` shards: the stored image is the full image, tile = patch ``p``
+  (``pevit_tiny_patch16_224``, ``pevit_tiny_patch4_32`` for 32 px images);
+- ``mix-shuffle`` shards: the stored image is the mixed (H·s/p)×(W·s/p) image, tile = the
+  sub-patch ``s`` (``pevit_tiny_patch2_16``: 16 px stored image, 2 px tiles — a 32 px image
+  with patch 4 and sub-patch 2).
+
+Any ``patch_size``/``img_size`` can be passed to ``timm.create_model``; any input whose
+sides are multiples of the tile is accepted, since there is no grid to match.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer
+
+from train.models.rpe import RPEPatchEmbed
+
+__all__ = ["create_pevit"]
+
+
+def create_pevit(variant: str, pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """Build a PEViT through timm's model builder (configs, feature extraction, overrides).
+
+    ``rpe_hidden_dim`` sets the RPE hidden width (default: the embedding width).
+    """
+    if pretrained:
+        raise ValueError(f"{variant}: no pretrained weights exist for PEViT; use pretrained=False")
+    if kwargs.get("pos_embed", "none") not in ("", "none"):
+        raise ValueError(f"{variant}: PEViT has no absolute position embedding by design")
+    if not kwargs.get("class_token", True):
+        raise ValueError(f"{variant}: PEViT reads out its class token; class_token must stay on")
+    kwargs.pop("pos_embed", None)
+    embed_layer = partial(RPEPatchEmbed, rpe_hidden_dim=kwargs.pop("rpe_hidden_dim", None))
+    return build_model_with_cfg(
+        VisionTransformer,
+        variant,
+        pretrained=False,
+        pos_embed="none",
+        class_token=True,
+        embed_layer=embed_layer,
+        feature_cfg=dict(out_indices=3, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+def _cfg(input_size: tuple[int, int, int], **kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": input_size,
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "interpolation": "bicubic",
+        "fixed_input_size": False,
+        "mean": IMAGENET_INCEPTION_MEAN,
+        "std": IMAGENET_INCEPTION_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "pevit_tiny_patch16_224.untrained": _cfg((3, 224, 224)),
+    "pevit_small_patch16_224.untrained": _cfg((3, 224, 224)),
+    "pevit_base_patch16_224.untrained": _cfg((3, 224, 224)),
+    "pevit_tiny_patch4_32.untrained": _cfg((3, 32, 32)),
+    "pevit_tiny_patch2_16.untrained": _cfg((3, 16, 16)),
+})
+
+_TINY = dict(embed_dim=192, depth=12, num_heads=3)
+_SMALL = dict(embed_dim=384, depth=12, num_heads=6)
+_BASE = dict(embed_dim=768, depth=12, num_heads=12)
+
+
+@register_model
+def pevit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """PEViT-Ti/16 for shuffled 224 px images."""
+    args = dict(patch_size=16, img_size=224, **_TINY)
+    return create_pevit("pevit_tiny_patch16_224", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def pevit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """PEViT-S/16 for shuffled 224 px images."""
+    args = dict(patch_size=16, img_size=224, **_SMALL)
+    return create_pevit("pevit_small_patch16_224", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def pevit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """PEViT-B/16 for shuffled 224 px images."""
+    args = dict(patch_size=16, img_size=224, **_BASE)
+    return create_pevit("pevit_base_patch16_224", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def pevit_tiny_patch4_32(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """PEViT-Ti with 4 px tiles on 32 px images (``shuffle`` shards of small images)."""
+    args = dict(patch_size=4, img_size=32, **_TINY)
+    return create_pevit("pevit_tiny_patch4_32", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def pevit_tiny_patch2_16(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """PEViT-Ti with 2 px tiles on the 16 px stored image of ``mix-shuffle`` (32 px, p=4, s=2)."""
+    args = dict(patch_size=2, img_size=16, **_TINY)
+    return create_pevit("pevit_tiny_patch2_16", pretrained, **dict(args, **kwargs))
