@@ -6,6 +6,7 @@ ran it or how many there were.
 """
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ class ShardResult:
     entry: ShardEntry
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    peak_rss_mb: float = 0.0  # of the worker process that wrote the shard
 
 
 def prepare_pixels(sample: PlannedSample, settings: JobSettings, dataset_key) -> tuple[np.ndarray, dict | None, list[str]]:
@@ -96,4 +98,5 @@ def encrypt_shard(task: ShardTask, settings: JobSettings, dataset_key, out_dir: 
             writer.write(sample.key, encrypt_sample(pixels, sample, settings, dataset_key), ext,
                          cls=item.label, meta=meta)
         entry = writer.close()
-    return ShardResult(entry, skipped, time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return ShardResult(entry, skipped, time.perf_counter() - start, round(peak, 1))

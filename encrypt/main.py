@@ -52,6 +52,7 @@ class JobSummary:
     images_per_second: float
     manifest_digest: str
     resumed_shards: int
+    peak_worker_rss_mb: float
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -119,10 +120,12 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
     bar = tqdm(total=len(tasks), initial=resumed, unit="shard", disable=not progress,
                desc=f"encrypt {dataset_id}", dynamic_ncols=True)
     written = [0]
+    peak_rss = [0.0]
 
     def on_result(result) -> None:
         journal.record(result.entry, result.skipped)
         written[0] += result.entry.samples
+        peak_rss[0] = max(peak_rss[0], result.peak_rss_mb)
         elapsed = max(time.perf_counter() - start, 1e-9)
         bar.set_postfix(images_per_s=f"{written[0] / elapsed:.0f}")
         bar.update(1)
@@ -157,7 +160,7 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
         images_written=images, skipped=dict(Counter(s.reason for s in skipped)), shards=len(tasks),
         bytes=sum(e.bytes for entries in splits.values() for e in entries), seconds=round(seconds, 3),
         images_per_second=round(images / max(seconds, 1e-9), 1), manifest_digest=digest,
-        resumed_shards=resumed)
+        resumed_shards=resumed, peak_worker_rss_mb=peak_rss[0])
     _write_private(private / "summary.json", summary.to_json())
     _write_private(private / "skipped.json",
                    json.dumps([asdict(s) for s in skipped], indent=1, sort_keys=True))

@@ -84,7 +84,7 @@ def main() -> None:
 
     # The key holder's side: decrypt samples and compare with the plain pipeline, pixel for pixel.
     store = open_keystore(keystore, env["PATCHVEIL_PASSPHRASE"].encode())
-    paths = sorted((SAMPLE / "val").glob("*/*.png"))[:8]
+    paths = [sorted(d.glob("*.png"))[0] for d in sorted((SAMPLE / "val").iterdir()) if d.is_dir()]
     plain = {}
     for mode in MODES:
         dk = store.dataset_key(f"fashion-mnist-demo-{mode}")

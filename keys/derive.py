@@ -51,7 +51,7 @@ def normalise_path(relative_path: str | os.PathLike[str]) -> str:
     if not text:
         raise ValueError("sample path must not be empty")
     norm = posixpath.normpath(text)
-    if norm.startswith("/") or norm == ".." or norm.startswith("../"):
+    if norm == "." or norm.startswith("/") or norm == ".." or norm.startswith("../"):
         raise ValueError("sample path must be relative to the dataset root")
     return norm
 

@@ -212,8 +212,9 @@ class CipherSpec:
                 raise ManifestError(f"sub_patch: must be null for mode {self.mode}")
             expected = (h, w)
         if self.stored_size != expected:
+            got = self.stored_size
             raise ManifestError(f"stored_size: {self.mode} of {h}x{w} stores "
-                                f"{expected[0]}x{expected[1]}, not {self.stored_size[0]}x{self.stored_size[1]}")
+                                f"{expected[0]}x{expected[1]}, not {got[0]}x{got[1]}")
         _check_choice(self.format, "format", STORAGE_FORMATS)
         if self.format == "jpeg":
             _check_int(self.quality, "quality", 1, 100)
@@ -315,7 +316,8 @@ class Manifest:
         self._check_splits()
         num_classes = _check_int(self.num_classes, "num_classes", 1)
         if self.class_names is not None:
-            if not isinstance(self.class_names, list) or not all(isinstance(c, str) for c in self.class_names):
+            names = self.class_names
+            if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
                 raise ManifestError("class_names: expected a list of strings or null")
             if len(self.class_names) != num_classes:
                 raise ManifestError(f"class_names: {len(self.class_names)} names for {num_classes} classes")
@@ -351,7 +353,8 @@ class Manifest:
                 if not isinstance(entry, ShardEntry):
                     raise ManifestError(f"splits.{split}[{i}]: expected a ShardEntry, got {_kind(entry)}")
                 if entry.split != split:
-                    raise ManifestError(f"splits.{split}[{i}]: shard {entry.name} belongs to split {entry.split}")
+                    raise ManifestError(f"splits.{split}[{i}]: shard {entry.name} "
+                                        f"belongs to split {entry.split}")
                 if entry.name in seen:
                     raise ManifestError(f"splits.{split}[{i}]: shard {entry.name} is listed twice")
                 seen.add(entry.name)
@@ -429,7 +432,9 @@ class Manifest:
     @property
     def public_key_bytes(self) -> bytes | None:
         """The raw Ed25519 public key the manifest names, or None when unsigned."""
-        return None if self.public_key is None else _b64decode(self.public_key, "public_key", PUBLIC_KEY_BYTES)
+        if self.public_key is None:
+            return None
+        return _b64decode(self.public_key, "public_key", PUBLIC_KEY_BYTES)
 
     def signed(self, sign: Sign, public_key: bytes) -> Manifest:
         """A copy that names `public_key` and carries `sign`'s signature over canonical_bytes().
@@ -442,8 +447,10 @@ class Manifest:
         unsigned = dataclasses.replace(self, public_key=_b64encode(bytes(public_key)), signature=None)
         data = unsigned.canonical_bytes()
         signature = sign(data)
-        if not isinstance(signature, (bytes, bytearray)) or not verify_signature(bytes(public_key), data, bytes(signature)):
-            raise ManifestError("signature: the signing callback's signature does not verify under the given public key")
+        if (not isinstance(signature, (bytes, bytearray))
+                or not verify_signature(bytes(public_key), data, bytes(signature))):
+            raise ManifestError("signature: the signing callback's signature does not verify "
+                                "under the given public key")
         return dataclasses.replace(unsigned, signature=_b64encode(bytes(signature)))
 
     def verify(self, public_key: bytes | None = None) -> None:
@@ -466,7 +473,8 @@ class Manifest:
                 raise ManifestError(f"public_key: an Ed25519 public key is {PUBLIC_KEY_BYTES} raw bytes")
             key = bytes(public_key)
             if key != embedded:
-                raise ManifestError("public_key: the manifest is signed by a different key than the expected one")
+                raise ManifestError("public_key: the manifest is signed by a different key "
+                                    "than the expected one")
         signature = _b64decode(self.signature, "signature", SIGNATURE_BYTES)
         if not verify_signature(key, self.canonical_bytes(), signature):
             raise ManifestError("signature: does not match the manifest's content (edited after signing?)")
@@ -501,7 +509,8 @@ class Manifest:
         except UnicodeDecodeError:
             raise ManifestError(f"{path}: not UTF-8 text") from None
         except json.JSONDecodeError as e:
-            raise ManifestError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+            where = f"line {e.lineno} column {e.colno}"
+            raise ManifestError(f"{path}: not valid JSON ({e.msg} at {where})") from None
         except ValueError as e:
             raise ManifestError(f"{path}: not valid JSON ({e})") from None
         try:

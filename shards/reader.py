@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 
 from shards.manifest import MANIFEST_NAME, CipherSpec, Manifest, ManifestError, ShardEntry
@@ -181,7 +180,8 @@ def _iter_tar(path: Path, read_data: bool = True) -> Iterator[dict[str, Any]]:
         f.seek(end)
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             if chunk.count(0) != len(chunk):
-                raise ShardError(f"{name}: corrupt tar header at byte {end} (the rest of the shard is unreadable)")
+                raise ShardError(f"{name}: corrupt tar header at byte {end} "
+                                 "(the rest of the shard is unreadable)")
 
 
 def count_samples(path: str | os.PathLike) -> int:
@@ -189,7 +189,8 @@ def count_samples(path: str | os.PathLike) -> int:
     return sum(1 for _ in _iter_tar(Path(path), read_data=False))
 
 
-def iter_samples(out_dir: str | os.PathLike, split: str, manifest: Manifest | None = None) -> Iterator[Sample]:
+def iter_samples(out_dir: str | os.PathLike, split: str,
+                 manifest: Manifest | None = None) -> Iterator[Sample]:
     """Yield a split's samples in shard order, decoded and checked against the manifest.
 
     Without `manifest`, it is loaded from out_dir and checked against the key it names.
@@ -217,12 +218,12 @@ def webdataset_pipeline(
     shuffle: int = 0,
     resampled: bool = False,
     epoch_length: int | None = None,
-    nodesplitter: Callable | None = wds.split_by_node,
-    workersplitter: Callable | None = wds.split_by_worker,
+    nodesplitter: Callable | None | str = "default",
+    workersplitter: Callable | None | str = "default",
     decode: bool = True,
     check_digests: bool = False,
     seed: int | None = None,
-) -> wds.WebDataset:
+):
     """A webdataset stream of `(image, label, meta)` for one split.
 
     `image` is an H×W×C uint8 array, or the stored bytes when `decode=False` (to decode
@@ -230,16 +231,29 @@ def webdataset_pipeline(
     `resampled` draws shards with replacement forever, so give `epoch_length` (samples per
     epoch per worker) for DDP, where every rank must see the same number of batches.
     `check_digests` hashes the split's shards against the manifest before streaming;
-    otherwise a damaged shard is only noticed if it no longer parses.
+    otherwise a damaged shard is only noticed if it no longer parses. The splitters default
+    to webdataset's `split_by_node` / `split_by_worker`; pass None to disable one.
     """
+    # Imported here: webdataset imports torch when it is installed, and the rest of shards
+    # (used by every encryption worker) must stay light.
+    import webdataset as wds
+
+    if nodesplitter == "default":
+        nodesplitter = wds.split_by_node
+    if workersplitter == "default":
+        workersplitter = wds.split_by_worker
+    if isinstance(shuffle, bool) or not isinstance(shuffle, int) or shuffle < 0:
+        raise ValueError(f"shuffle: expected a buffer size >= 0, got {shuffle!r:.20}")
+    if epoch_length is not None and (isinstance(epoch_length, bool) or not isinstance(epoch_length, int)
+                                     or epoch_length < 1):
+        raise ValueError(f"epoch_length: expected a positive number of samples, got {epoch_length!r:.20}")
     manifest = manifest if manifest is not None else load_manifest(out_dir)
     entries = manifest.entries(split)
     if check_digests:
         problems = [p for e in entries for p in _check_entry(Path(out_dir), e, True)]
         if problems:
-            raise ShardError(problems[0] + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
-    if isinstance(shuffle, bool) or not isinstance(shuffle, int) or shuffle < 0:
-        raise ValueError(f"shuffle: expected a buffer size >= 0, got {shuffle!r:.20}")
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise ShardError(problems[0] + more)
     urls = [str(p) for p in manifest.shard_paths(out_dir, split)]
     dataset = wds.WebDataset(
         urls,
@@ -255,8 +269,6 @@ def webdataset_pipeline(
     dataset = dataset.map(functools.partial(_to_tuple, cipher=manifest.cipher,
                                             num_classes=manifest.num_classes, decode=decode))
     if epoch_length is not None:
-        if isinstance(epoch_length, bool) or not isinstance(epoch_length, int) or epoch_length < 1:
-            raise ValueError(f"epoch_length: expected a positive number of samples, got {epoch_length!r:.20}")
         dataset = dataset.with_epoch(epoch_length)
     return dataset
 
@@ -283,7 +295,8 @@ def _check_entry(out_dir: Path, entry: ShardEntry, check_digests: bool) -> list[
     except OSError as e:
         return problems + [f"{entry.name}: cannot be read ({e.strerror})"]
     if digest != entry.sha256:
-        problems.append(f"{entry.name}: sha256 {digest[:16]}... differs from the manifest's {entry.sha256[:16]}...")
+        problems.append(f"{entry.name}: sha256 {digest[:16]}... differs from "
+                        f"the manifest's {entry.sha256[:16]}...")
     try:
         count = count_samples(path)
     except ShardError as e:
@@ -318,5 +331,6 @@ def verify_shards(out_dir: str | os.PathLike, manifest: Manifest, *, check_diges
         elif path.suffix.lower() == ".tar":
             problems.append(f"{path.name}: shard present but not listed in the manifest")
         else:
-            problems.append(f"{path.name}: not part of the release (only manifest.json and listed shards belong)")
+            problems.append(f"{path.name}: not part of the release "
+                            "(only manifest.json and listed shards belong)")
     return problems

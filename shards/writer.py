@@ -10,6 +10,7 @@ leaves a half shard under a real name.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import tarfile
@@ -17,8 +18,6 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
-
-import webdataset as wds
 
 from shards.manifest import SPLIT_PATTERN, ShardEntry, canonical_json, fsync_directory
 
@@ -78,11 +77,10 @@ class ShardWriter:
         self._aborted = False
         try:
             self._hashing = _HashingFile(self._file)
-            self._tar = wds.TarWriter(self._hashing, user=TAR_OWNER, group=TAR_OWNER, mode=TAR_MODE,
-                                      mtime=TAR_MTIME, encoder=False, format="USTAR_FORMAT")
-            # webdataset's TarWriter accepts `format` but opens the stream with Python's
-            # default (PAX); set it on the stream so the header layout never depends on that.
-            self._tar.tarstream.format = TAR_FORMAT
+            # The WebDataset layout (members `key.ext`, sorted by ext) written with the stdlib:
+            # importing webdataset imports torch when it is installed, which would cost every
+            # encryption worker seconds and hundreds of MB for nothing.
+            self._tar = tarfile.open(fileobj=self._hashing, mode="w|", format=TAR_FORMAT)
         except BaseException:
             self.abort()
             raise
@@ -110,7 +108,8 @@ class ShardWriter:
         sample: dict[str, Any] = {"__key__": key, ext: data}
         if cls is not None:
             if isinstance(cls, bool) or not isinstance(cls, int) or cls < 0:
-                raise ValueError(f"{self.name}: sample {key}: class index {cls!r:.20} is not a non-negative integer")
+                raise ValueError(f"{self.name}: sample {key}: class index {cls!r:.20} "
+                                 "is not a non-negative integer")
             sample["cls"] = str(cls).encode("ascii")
         if meta is not None:
             if not isinstance(meta, dict):
@@ -119,8 +118,16 @@ class ShardWriter:
                 sample["json"] = canonical_json(meta)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{self.name}: sample {key}: meta is not JSON-serialisable ({e})") from None
-        self._tar.write(sample)
+        for ext_name in sorted(k for k in sample if k != "__key__"):
+            self._add_member(f"{key}.{ext_name}", sample[ext_name])
         self._keys.add(key)
+
+    def _add_member(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), TAR_MTIME, TAR_MODE
+        info.uid = info.gid = 0
+        info.uname = info.gname = TAR_OWNER
+        self._tar.addfile(info, io.BytesIO(data))
 
     def close(self) -> ShardEntry:
         """Finish the tar, fsync, rename it to its final name and describe it for the manifest."""
@@ -151,7 +158,7 @@ class ShardWriter:
         tar = getattr(self, "_tar", None)
         if tar is not None:
             try:
-                tar.tarstream.close()
+                tar.close()
             except Exception:  # the file may be broken already; it is being removed anyway
                 pass
         try:
@@ -168,7 +175,7 @@ class ShardWriter:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if exc_type is None:
+        if exc_type is None and not self._aborted:
             self.close()
         else:
             self.abort()

@@ -115,7 +115,8 @@ def test_digest_covers_the_signature_too(release, owner_key, signed):
     resigned = release[1].signed(owner_key.sign, raw_public(owner_key))
     # Ed25519 is deterministic: same key and content, same signature and digest
     assert resigned.digest() == signed.digest()
-    edited = dataclasses.replace(release[1], tool_version="0.1.1").signed(owner_key.sign, raw_public(owner_key))
+    edited = dataclasses.replace(release[1], tool_version="0.1.1")
+    edited = edited.signed(owner_key.sign, raw_public(owner_key))
     assert edited.digest() != signed.digest()
 
 
@@ -133,7 +134,9 @@ def test_to_dict_returns_copies(signed):
 def test_signature_verifies_with_the_owner_key(signed, owner_key):
     signed.verify(raw_public(owner_key))
     signed.verify()
-    assert verify_signature(raw_public(owner_key), signed.canonical_bytes(), base64.b64decode(signed.signature))
+    signature = base64.b64decode(signed.signature)
+    assert verify_signature(raw_public(owner_key), signed.canonical_bytes(), signature)
+    assert not verify_signature(raw_public(owner_key), signed.canonical_bytes() + b" ", signature)
 
 
 def test_another_public_key_is_refused(signed):
@@ -196,18 +199,33 @@ def test_every_flipped_byte_of_the_saved_manifest_is_caught(tmp_path, signed, ow
     original = path.read_bytes()
     public = raw_public(owner_key)
     undetected = []
-    for i in range(len(original)):
-        tampered = bytearray(original)
-        tampered[i] ^= 0x01
-        path.write_bytes(bytes(tampered))
-        try:
-            Manifest.load(path).verify(public)
-        except ManifestError:
-            continue
-        undetected.append(i)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for i, byte in enumerate(original):
+            os.pwrite(fd, bytes([byte ^ 0x01]), i)
+            try:
+                Manifest.load(path).verify(public)
+            except ManifestError:
+                continue
+            finally:
+                os.pwrite(fd, bytes([byte]), i)
+            undetected.append(i)
+    finally:
+        os.close(fd)
     assert undetected == [], f"flips at {undetected[:5]} went unnoticed"
-    path.write_bytes(original)
+    assert path.read_bytes() == original
     Manifest.load(path).verify(public)
+
+
+def test_a_second_spelling_of_the_same_signature_is_refused(signed):
+    """64 bytes leave 4 unused bits in the last base64 digit: setting one decodes to the same
+    signature, so a lenient decoder would accept an edited manifest file as unchanged."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = signed.signature.rstrip("=")[-1]
+    respelled = signed.signature[:-3] + alphabet[alphabet.index(last) ^ 1] + "=="
+    assert base64.b64decode(respelled) == base64.b64decode(signed.signature)
+    with pytest.raises(ManifestError, match="signature: expected 64 bytes in canonical base64"):
+        Manifest.from_dict({**signed.to_dict(), "signature": respelled})
 
 
 # -- strict loading ------------------------------------------------------------------------

@@ -1,9 +1,7 @@
 """PEViT and MI-ViT: registry, token-order invariance, mixed-vs-plain equality, cipher → model.
 
-The shuffled and mixed inputs are built here with torch reshapes that follow the stored-image
-definitions (shuffle: out token i = in token perm[i], row-major p×p patches; mix: each p×p
-patch → the mean of its s×s sub-patches, positions kept), so `train` tests never need
-`encrypt`.
+Shuffled and mixed inputs come from the project's own cipher (`encrypt.ciphers`, imported
+here in the tests only: `train` itself never imports `encrypt`).
 """
 from __future__ import annotations
 
@@ -14,37 +12,28 @@ import torch
 
 import train.models  # noqa: F401  (registers pevit_* and mivit_*)
 from conftest import natural_photos
+from encrypt import ciphers
 from train.models import MixedPatchEmbed, RPEPatchEmbed, model_for_cipher
 
 REGISTERED = timm.list_models("pevit_*") + timm.list_models("mivit_*")
 
 
-def tokens_of(x: torch.Tensor, tile: int) -> torch.Tensor:
-    """(B, C, H, W) → (B, N, C, tile, tile), row-major tiles."""
-    b, c, h, w = x.shape
-    return x.reshape(b, c, h // tile, tile, w // tile, tile).permute(0, 2, 4, 1, 3, 5).reshape(
-        b, (h // tile) * (w // tile), c, tile, tile)
+def _nhwc(x: torch.Tensor) -> np.ndarray:
+    return x.permute(0, 2, 3, 1).numpy()
 
 
-def image_of(tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Inverse of ``tokens_of``."""
-    b, n, c, t, _ = tokens.shape
-    return tokens.reshape(b, rows, cols, c, t, t).permute(0, 3, 1, 4, 2, 5).reshape(b, c, rows * t, cols * t)
+def _nchw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float()
 
 
 def shuffle_tokens(x: torch.Tensor, tile: int, perms: torch.Tensor) -> torch.Tensor:
-    """Per image b: out token i = in token perms[b, i]."""
-    toks = tokens_of(x, tile)
-    shuffled = toks[torch.arange(x.shape[0])[:, None], perms]
-    return image_of(shuffled, x.shape[-2] // tile, x.shape[-1] // tile)
+    """The ``shuffle`` cipher on a batch, one permutation per image."""
+    return _nchw(ciphers.shuffle(_nhwc(x), perms.numpy(), tile))
 
 
 def mix_float(x: torch.Tensor, patch: int, sub: int) -> torch.Tensor:
-    """Each p×p patch → mean of its (p/s)² s×s sub-patches, stored as the smaller image."""
-    b, c, h, w = x.shape
-    k = patch // sub
-    return x.reshape(b, c, h // patch, k, sub, w // patch, k, sub).mean(dim=(3, 6)).reshape(
-        b, c, h // patch * sub, w // patch * sub)
+    """The exact (unrounded) ``mix`` cipher on a batch."""
+    return _nchw(ciphers.mix_float(_nhwc(x), patch, sub))
 
 
 def random_perms(batch: int, n: int, seed: int) -> torch.Tensor:
@@ -222,4 +211,4 @@ def test_model_for_cipher_on_224px_geometry() -> None:
 ])
 def test_model_for_cipher_rejects_inconsistent_ciphers(change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        model_for_cipher(dict(FMNIST_CIPHER, stored_size=16, **change), num_classes=10)
+        model_for_cipher({**FMNIST_CIPHER, "stored_size": 16, **change}, num_classes=10)
