@@ -6,11 +6,14 @@ must give the same permutation in every release.
 """
 from __future__ import annotations
 
+import struct
+
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 SEED_BYTES = 32
 _NONCE = bytes(16)  # cryptography's ChaCha20 nonce: 4-byte block counter (0) + 12-byte nonce
 _CHUNK = 512
+_WORD = 1 << 32
 
 
 class KeyStream:
@@ -63,11 +66,32 @@ class KeyStream:
         return (int.from_bytes(self._take(8), "big") >> 11) * (1.0 / (1 << 53))
 
     def permutation(self, n: int) -> list[int]:
-        """A uniform random permutation of ``range(n)`` (Fisher–Yates, from the last index down)."""
+        """A uniform random permutation of ``range(n)`` (Fisher–Yates, from the last index down).
+
+        The hot path of encryption (one call per image), so it reads the keystream as a batch
+        of 32-bit big-endian words and picks each index by rejection: a word ``w`` is used
+        only if ``w < 2**32 - 2**32 % bound`` and then ``j = w % bound``, which is exactly
+        uniform.
+        """
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"permutation needs a non-negative integer, got {n!r}")
+        if n >= _WORD:
+            raise ValueError(f"permutation of {n} items is larger than this stream supports")
         perm = list(range(n))
+        words: tuple[int, ...] = ()
+        pos = 0
         for i in range(n - 1, 0, -1):
-            j = self.randbelow(i + 1)
+            bound = i + 1
+            limit = _WORD - _WORD % bound
+            while True:
+                if pos == len(words):
+                    count = max(i, 16)
+                    words = struct.unpack(f">{count}I", self._take(4 * count))
+                    pos = 0
+                w = words[pos]
+                pos += 1
+                if w < limit:
+                    break
+            j = w % bound
             perm[i], perm[j] = perm[j], perm[i]
         return perm

@@ -5,8 +5,9 @@ shards. `shards.manifest` describes and signs a release, `shards.writer` writes 
 reproducibly, `shards.reader` reads and checks them. This package only verifies signatures;
 it never holds a private key and never imports `keys` or `encrypt`.
 
-Only the manifest names are imported here: the writer and reader pull in webdataset, which
-may be slow to import, and a manifest check should not pay for it.
+Only the manifest names are imported here. webdataset (which imports torch when it is
+installed) is imported only inside `shards.reader.webdataset_pipeline`, so the writer, the
+strict reader and the manifest stay light for encryption workers and auditors.
 """
 from __future__ import annotations
 

@@ -263,3 +263,22 @@ def test_used_for_job_is_logged_with_the_manifest_digest(tmp_path, keystore, src
     reopened = open_keystore(keystore.directory, PASSPHRASE.encode())
     jobs = [e for e in reopened.custody.entries() if e["event"] == "used-for-job"]
     assert jobs[-1]["details"]["manifest_digest"] == load_manifest(out).digest() == summary.manifest_digest
+
+
+def test_views_are_keyed_crops_of_training_images_only(tmp_path, keystore, src):
+    root, files = src
+    out = tmp_path / "release"
+    summary = encrypt_dataset(list_imagefolder(root), out, keystore, "fm-views",
+                              settings(views=3, resize=36), progress=False)
+    assert summary.images_written == 60 * 3 + 20
+    dk = keystore.dataset_key("fm-views")
+    train = {s.key: s for s in iter_samples(out, "train")}
+    rel = sorted(r for r in files if r.startswith("train/"))[0]
+    views = [train[dk.sample_id(f"{rel}\x00view{v}")] for v in range(3)]
+    plain = [unshuffle(s.image, dk.permutation(64, "train", s.key), 4) for s in views]
+    assert not np.array_equal(plain[0], plain[1]) and not np.array_equal(plain[1], plain[2])
+    val_keys = {s.key for s in iter_samples(out, "val")}
+    assert val_keys == {dk.sample_id(r) for r in files if r.startswith("val/")}  # one centre crop each
+    again = tmp_path / "again"
+    encrypt_dataset(list_imagefolder(root), again, keystore, "fm-views", settings(views=3, resize=36), progress=False)
+    assert load_manifest(again).splits == load_manifest(out).splits  # keyed views are reproducible

@@ -23,13 +23,15 @@ class ReferencePositionalEncoding(nn.Module):
     ``W1`` has no bias: ``W1·(x − r)`` with a bias would make ``r`` redundant.
     """
 
-    def __init__(self, dim: int, hidden_dim: int | None = None) -> None:
+    def __init__(self, dim: int, hidden_dim: int | None = None, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         hidden_dim = hidden_dim or dim
-        self.reference = nn.Parameter(torch.zeros(dim))
-        self.fc1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.reference = nn.Parameter(torch.zeros(dim, **dd))
+        self.fc1 = nn.Linear(dim, hidden_dim, bias=False, **dd)
         self.act = nn.ReLU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = nn.Linear(hidden_dim, dim, **dd)
         trunc_normal_(self.reference, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +48,8 @@ class RPEPatchEmbed(PatchEmbed):
     def __init__(self, *args, strict_img_size: bool = False, rpe_hidden_dim: int | None = None,
                  **kwargs) -> None:
         super().__init__(*args, strict_img_size=strict_img_size, **kwargs)
-        self.rpe = ReferencePositionalEncoding(self.proj.out_channels, rpe_hidden_dim)
+        self.rpe = ReferencePositionalEncoding(self.proj.out_channels, rpe_hidden_dim,
+                                               device=kwargs.get("device"), dtype=kwargs.get("dtype"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.rpe(super().forward(x))
