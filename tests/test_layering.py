@@ -17,7 +17,9 @@ ALLOWED = {
     "encrypt": {"keys", "shards", "numpy", "PIL", "ray", "click", "tqdm"},
     "train": {"shards", "torch", "timm", "webdataset", "numpy", "PIL", "scipy", "pycocotools",
               "click", "tqdm", "torchvision"},
-    "audit": {"keys", "shards", "encrypt", "numpy", "PIL", "scipy", "skimage", "click", "tqdm"},
+    # The learned attacks are models: torch and timm are the auditor's tools too.
+    "audit": {"keys", "shards", "encrypt", "numpy", "PIL", "scipy", "skimage", "click", "tqdm",
+              "torch", "timm"},
 }
 
 

@@ -58,7 +58,8 @@ def _tile_mask(mask: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 def _random_tokens(batch: int, tokens: int, count: int, generator: torch.Generator | None,
                    device: torch.device) -> torch.Tensor:
     """(B, N) bool mask with exactly ``count`` tokens set per row, positions uniform."""
-    scores = torch.rand(batch, tokens, generator=generator, device=device)
+    source = generator.device if generator is not None else device
+    scores = torch.rand(batch, tokens, generator=generator, device=source).to(device)
     chosen = scores.argsort(dim=1)[:, :count]
     return torch.zeros(batch, tokens, dtype=torch.bool, device=device).scatter_(1, chosen, True)
 
@@ -70,7 +71,7 @@ def per_patch_hflip(x: torch.Tensor, tile: int) -> torch.Tensor:
     permutation mapped through the column mirror (tested); for ``mix`` shards use a plain
     whole-image flip instead, since positions are kept there.
     """
-    rows, cols = _grid(x, tile)
+    _, cols = _grid(x, tile)
     return x.reshape(*x.shape[:-1], cols, tile).flip(-1).reshape(x.shape)
 
 
@@ -202,7 +203,8 @@ class TokenMix(Mixup):
 
     A box means nothing in a shuffled image; whole tiles do. timm draws ``lam`` and the
     mixup/cutmix switch exactly as it does for images, and builds the smoothed soft targets.
-    Call with ``(x, labels)``; returns ``(x, soft targets)``. The batch must be even.
+    Call with ``(x, labels)``; returns ``(x, soft targets)``, mixing ``x`` in place as timm
+    does. The batch must be even.
     """
 
     def __init__(self, tile: int, num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,

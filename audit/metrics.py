@@ -1,0 +1,85 @@
+"""How much of an image an attack recovered: tile placement accuracy and pixel fidelity.
+
+Conventions shared by every attack:
+- `perm` is the cipher's permutation: shuffled token i = original token perm[i]
+  (`encrypt.ciphers.shuffle`), so shuffled tile i belongs at original position perm[i].
+- `placement` is an attack's answer: placement[p] = index of the shuffled tile it put at
+  position p (row-major, p = r * cols + c).
+The original position of the tile placed at p is therefore perm[placement[p]].
+"""
+from __future__ import annotations
+
+import numpy as np
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+
+def _as_permutation(values, name: str, n: int | None = None) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must be a 1-D integer array, got shape {arr.shape} dtype {arr.dtype}")
+    if n is not None and arr.size != n:
+        raise ValueError(f"{name} has {arr.size} entries, expected {n}")
+    if not np.array_equal(np.sort(arr), np.arange(arr.size)):
+        raise ValueError(f"{name} is not a permutation of 0..{arr.size - 1}")
+    return arr.astype(np.intp)
+
+
+def recovered_positions(placement, perm) -> np.ndarray:
+    """Original position of the tile placed at each position: perm[placement]."""
+    perm = _as_permutation(perm, "perm")
+    placement = _as_permutation(placement, "placement", perm.size)
+    return perm[placement]
+
+
+def direct_accuracy(placement, perm) -> float:
+    """Fraction of positions holding the tile that was there in the original image."""
+    origin = recovered_positions(placement, perm)
+    return float(np.mean(origin == np.arange(origin.size)))
+
+
+def neighbour_accuracy(placement, perm, grid: tuple[int, int]) -> float:
+    """Fraction of the original right and below adjacencies found anywhere in the result.
+
+    Translation-invariant: a correctly assembled block counts in full even when shifted.
+    """
+    rows, cols = (int(v) for v in grid)
+    origin = recovered_positions(placement, perm)
+    if origin.size != rows * cols:
+        raise ValueError(f"{origin.size} tiles do not fill a {rows}x{cols} grid")
+    pairs = rows * (cols - 1) + (rows - 1) * cols
+    if pairs == 0:
+        return 1.0
+    g = origin.reshape(rows, cols)
+    # A pair (left, right) is a true adjacency iff right == left + 1 within one original row.
+    right = (g[:, 1:] == g[:, :-1] + 1) & (g[:, :-1] % cols != cols - 1)
+    below = g[1:, :] == g[:-1, :] + cols
+    return float((right.sum() + below.sum()) / pairs)
+
+
+def _check_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
+    if a.ndim not in (2, 3):
+        raise ValueError(f"expected H×W or H×W×C images, got shape {a.shape}")
+    data_range = 255.0 if a.dtype == np.uint8 and b.dtype == np.uint8 else 1.0
+    return a.astype(np.float64), b.astype(np.float64), data_range
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB (uint8: peak 255, else 1.0); inf for equal images."""
+    x, y, data_range = _check_pair(a, b)
+    if np.array_equal(x, y):
+        return float("inf")
+    return float(peak_signal_noise_ratio(x, y, data_range=data_range))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Structural similarity (mean over the image, colour channels averaged), 1.0 when equal."""
+    x, y, data_range = _check_pair(a, b)
+    side = min(x.shape[0], x.shape[1])
+    if side < 3:
+        raise ValueError(f"images of {x.shape[0]}x{x.shape[1]} are too small for SSIM (need 3x3)")
+    win = min(7, side if side % 2 else side - 1)
+    return float(structural_similarity(x, y, data_range=data_range, win_size=win,
+                                       channel_axis=-1 if x.ndim == 3 else None))
