@@ -16,7 +16,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 def _as_permutation(values, name: str, n: int | None = None) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must be a 1-D integer array, got shape {arr.shape} dtype {arr.dtype}")
+        raise ValueError(f"{name} must be a 1-D integer array, "
+                         f"got shape {arr.shape} dtype {arr.dtype}")
     if n is not None and arr.size != n:
         raise ValueError(f"{name} has {arr.size} entries, expected {n}")
     if not np.array_equal(np.sort(arr), np.arange(arr.size)):

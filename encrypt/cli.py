@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 
 from encrypt.ciphers import MODES
+from encrypt.decrypt import decrypt_release
+from encrypt.forget import forget_samples
 from encrypt.main import MODE_RISK, check_out_dir, encrypt_dataset
 from encrypt.plan import JobSettings
 from encrypt.sources import InputError, list_coco, list_imagefolder
@@ -185,6 +187,64 @@ def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch,
     summary = encrypt_dataset(listing, out, store, dataset_id or Path(images).resolve().name, settings,
                               workers=num_cpus, ray_address=ray_address, resume=resume, progress=not quiet)
     _report(summary, out)
+
+
+@cli.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@keystore_options
+@click.option("--ids", multiple=True, metavar="ID[,ID...]",
+              help="Only these opaque sample ids (repeat or separate with commas); default: all.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@one_line_errors
+def decrypt(out, dest, keystore, passphrase_file, ids, quiet):
+    """Decrypt a release made with this keystore into DEST (new or empty) as PNG files named
+    by their original paths. `shuffle` comes back pixel-exact (before JPEG losses);
+    `mix-shuffle` comes back to the mixed image; `mix` has nothing to decrypt. Logs
+    `decrypted` with the count.
+
+    \b
+    Example:
+      encrypt-dataset decrypt ~/release ~/restored --keystore ~/pv-keys
+      encrypt-dataset decrypt ~/release ~/two --keystore ~/pv-keys --ids 3f2a...,9c1d...
+    """
+    wanted = [i.strip() for item in ids for i in item.split(",") if i.strip()] or None
+    store = _open_keystore(keystore, passphrase_file)
+    summary = decrypt_release(out, dest, store, ids=wanted, progress=not quiet)
+    extra = "" if summary.named_by == "path" else " (no sealed index in the keystore: files are named by sample id)"
+    click.echo(f"decrypted {summary.samples} {summary.mode} samples into {summary.dest}{extra}")
+    if summary.mode == "mix-shuffle":
+        click.echo("note: mix-shuffle decrypts to the mixed image; the averaging cannot be undone")
+
+
+@cli.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@keystore_options
+@click.option("--path", "paths", multiple=True, required=True, metavar="ORIGINAL_PATH",
+              help="Source path relative to the folder that was encrypted, e.g. train/coat/0001.png (repeatable).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@one_line_errors
+def forget(out, keystore, passphrase_file, paths, quiet):
+    """Honour a deletion request: remove every sample made from the given source paths,
+    rewriting only the shards that hold them, sign a new manifest version and log
+    `forgotten`. Hand ML engineers the new version; delete the source files too.
+
+    \b
+    Example:
+      encrypt-dataset forget ~/release --keystore ~/pv-keys --path train/coat/0001.png
+    """
+    store = _open_keystore(keystore, passphrase_file)
+    summary = forget_samples(out, store, paths, progress=not quiet)
+    if not summary.removed:
+        click.echo(f"nothing to remove: the {summary.already_absent} sample(s) of these paths are "
+                   f"not in {out}; manifest unchanged")
+        return
+    click.echo(f"removed {summary.removed} sample(s); rewrote {len(summary.shards_rewritten)} shard(s)"
+               + (f", dropped {len(summary.shards_dropped)} now-empty shard(s)" if summary.shards_dropped else "")
+               + f"; manifest version {summary.version} ({summary.manifest_digest[:16]}…) replaces "
+               f"{summary.previous_digest[:16]}…")
+    if summary.already_absent:
+        click.echo(f"{summary.already_absent} sample(s) were already absent")
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from encrypt.distribute import run_shards
 from encrypt.journal import Journal, owner_dir
 from encrypt.plan import JobSettings, plan_shards
 from encrypt.sources import InputError, Skipped, SourceListing
+from keys.index import save_index
 from shards.manifest import CipherSpec, Manifest
 
 # What was measured (DESIGN.md, docs/privacy.md) and must be said when a weak mode is chosen.
@@ -142,6 +143,7 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
         entry, shard_skipped = journal.finished[task.name]
         splits.setdefault(task.split, []).append(entry)
         skipped.extend(shard_skipped)
+    save_index(keystore, dataset_id, _index_entries(tasks, skipped))
     manifest = Manifest(
         task=settings.task, dataset_id=dataset_id, cipher=_cipher_spec(settings), splits=splits,
         num_classes=len(listing.class_names),
@@ -165,6 +167,16 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
     _write_private(private / "skipped.json",
                    json.dumps([asdict(s) for s in skipped], indent=1, sort_keys=True))
     return summary
+
+
+def _index_entries(tasks, skipped: list[Skipped]) -> dict[str, dict]:
+    """Sample key → {split, rel_path, view} for every planned sample that was written.
+
+    A sample the job left out appears in `skipped` with a reason other than a dropped-box note.
+    """
+    left_out = {(s.split, s.rel_path) for s in skipped if not s.reason.startswith("annotation dropped")}
+    return {s.key: {"split": s.split, "rel_path": s.item.rel_path, "view": s.view}
+            for task in tasks for s in task.samples if (s.split, s.item.rel_path) not in left_out}
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -2,15 +2,18 @@
 
 Errors are one line, ``error: <file>: <reason>``, exit status 2, nothing changed. A failed
 ``log --verify`` exits 1. The passphrase never comes from argv: ``$PATCHVEIL_PASSPHRASE``,
-``--passphrase-file``, or a hidden prompt.
+``--passphrase-file``, or a hidden prompt; a new one (``change-passphrase``) from
+``$PATCHVEIL_NEW_PASSPHRASE``, ``--new-passphrase-file``, or a hidden prompt asked twice.
 """
 from __future__ import annotations
 
 import base64
 import functools
+import getpass
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +23,8 @@ from keys.custody import IDENTITY_FORMAT, verify_chain
 from keys.errors import KeystoreError
 from keys.keystore import Keystore, atomic_write, create_keystore, open_keystore
 from keys.passphrase import read_passphrase
+
+NEW_PASSPHRASE_ENV = "PATCHVEIL_NEW_PASSPHRASE"
 
 
 class CliError(click.ClickException):
@@ -64,7 +69,8 @@ def _print_json(obj: Any) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Keys and custody for a data owner: create a keystore, inspect it, export the public
-    identity an auditor needs, and show or verify the signed custody log.
+    identity an auditor needs, show or verify the signed custody log, rotate keys, change
+    the passphrase, and destroy a dataset's key.
 
     \b
     Example:
@@ -110,15 +116,20 @@ def info(keystore_dir: Path, passphrase_file: Path | None, as_json: bool) -> Non
     public_key = base64.b64encode(store.public_key).decode("ascii")
     if as_json:
         _print_json({"keystore": str(store.directory), "key_id": store.key_id,
-                     "created": store.created, "public_key": public_key, "datasets": datasets})
+                     "created": store.created, "public_key": public_key, "datasets": datasets,
+                     "signing_keys": store.signing_keys()})
         return
     click.echo(f"keystore    {store.directory}")
     click.echo(f"key id      {store.key_id}")
     click.echo(f"created     {store.created}")
     click.echo(f"public key  {public_key}")
+    retired = [k["key_id"] for k in store.signing_keys()[:-1]]
+    if retired:
+        click.echo(f"retired     {', '.join(retired)} (kept sealed for old releases)")
     click.echo(f"datasets    {len(datasets)}")
     for item in datasets:
-        click.echo(f"  {item['dataset_id']}  {item['key_id']}  derived {item['derived']}")
+        state = f"  DESTROYED {item['destroyed']}" if "destroyed" in item else ""
+        click.echo(f"  {item['dataset_id']}  {item['key_id']}  derived {item['derived']}{state}")
 
 
 @cli.command("export-public")
@@ -176,10 +187,9 @@ def log(keystore_dir: Path, passphrase_file: Path | None, verify: bool, as_json:
         else:
             _print_entries(entries)
         return
-    public_key = base64.b64encode(store.public_key).decode("ascii")
-    signer = {"key_id": store.key_id, "public_key": public_key}
-    report = verify_chain(store.custody.path, {"format": IDENTITY_FORMAT, **signer,
-                                               "signing_keys": [signer]})
+    first = store.signing_keys()[0]  # the key that created the log; rotations hand over from it
+    report = verify_chain(store.custody.path, {"format": IDENTITY_FORMAT, **first,
+                                               "signing_keys": [first]})
     if as_json:
         _print_json({"entries": report.entries, "ok": report.ok, "problems": report.problems})
     else:
@@ -192,6 +202,106 @@ def log(keystore_dir: Path, passphrase_file: Path | None, verify: bool, as_json:
                 click.echo(f"  {problem}")
     if not report.ok:
         raise SystemExit(1)
+
+
+@cli.command()
+@_keystore_option
+@_passphrase_option
+@_one_line_errors
+def rotate(keystore_dir: Path, passphrase_file: Path | None) -> None:
+    """Start a new master secret and signing key. The old ones stay sealed so old releases
+    still decrypt and verify; both keys sign the `rotated` log entry, so the custody chain
+    continues. New releases use the new keys. Export the public identity again afterwards.
+
+    \b
+    Example:
+      dataset-keys rotate --keystore ~/patchveil-keys
+      dataset-keys export-public --keystore ~/patchveil-keys -o identity.json
+    """
+    store = _open(keystore_dir, passphrase_file)
+    entry = store.rotate()
+    details = entry["details"]
+    click.echo(f"rotated: {details['old_key_id']} retired (kept sealed for old releases), "
+               f"{details['new_key_id']} is now the signing key (log entry {entry['seq']})")
+    click.echo("export the public identity again: dataset-keys export-public -o identity.json")
+
+
+@cli.command("change-passphrase")
+@_keystore_option
+@_passphrase_option
+@click.option("--new-passphrase-file", type=click.Path(path_type=Path), metavar="FILE", default=None,
+              help=f"Read the new passphrase from FILE. Without it: ${NEW_PASSPHRASE_ENV}, "
+                   "else a hidden prompt (asked twice).")
+@_one_line_errors
+def change_passphrase(keystore_dir: Path, passphrase_file: Path | None,
+                      new_passphrase_file: Path | None) -> None:
+    """Re-seal the keystore under a new passphrase (fresh scrypt salt); keys do not change.
+    Logs `passphrase-changed`.
+
+    \b
+    Example:
+      dataset-keys change-passphrase --keystore ~/patchveil-keys
+      dataset-keys change-passphrase --keystore ./keys --passphrase-file old.txt --new-passphrase-file new.txt
+    """
+    store = _open(keystore_dir, passphrase_file)
+    new = _read_new_passphrase(new_passphrase_file)
+    entry = store.change_passphrase(new)
+    click.echo(f"passphrase changed; the old one no longer opens {store.directory} (log entry {entry['seq']})")
+
+
+@cli.command()
+@click.argument("dataset")
+@_keystore_option
+@_passphrase_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@_one_line_errors
+def destroy(dataset: str, keystore_dir: Path, passphrase_file: Path | None, yes: bool) -> None:
+    """Crypto-erase every key of DATASET: no release made with it can be decrypted again, by
+    anyone holding this keystore. Other datasets keep their keys. Logs `destroyed`.
+    Irreversible; backups of the keystore made before still hold the key: destroy them too.
+
+    \b
+    Example:
+      dataset-keys destroy imagenet-2012 --keystore ~/patchveil-keys
+      dataset-keys destroy old-scan --keystore ./keys --yes
+    """
+    store = _open(keystore_dir, passphrase_file)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CliError(f"{dataset}: refusing to destroy a key without --yes when not interactive")
+        typed = click.prompt(f"This cannot be undone. Type the dataset id ({dataset}) to destroy its key",
+                             default="", show_default=False)
+        if typed != dataset:
+            raise CliError(f"{dataset}: confirmation did not match; nothing destroyed")
+    entry = store.destroy(dataset)
+    details = entry["details"]
+    click.echo(f"destroyed the key(s) {', '.join(details['key_ids'])} of dataset {dataset} "
+               f"(log entry {entry['seq']}); its releases can no longer be decrypted")
+    click.echo("keystore backups made before now still hold this key: destroy them too")
+
+
+def _read_new_passphrase(path: Path | None) -> bytes:
+    """The new passphrase: $PATCHVEIL_NEW_PASSPHRASE, the file, or a hidden prompt asked twice."""
+    from_env = os.environ.get(NEW_PASSPHRASE_ENV)
+    if from_env is not None:
+        new = from_env.encode("utf-8")
+    elif path is not None:
+        try:
+            new = path.read_bytes()
+        except OSError as exc:
+            raise KeystoreError(path, f"cannot read the new passphrase file ({exc.strerror})") from None
+        new = new[:-2] if new.endswith(b"\r\n") else new[:-1] if new.endswith(b"\n") else new
+    else:
+        try:
+            first = getpass.getpass("New passphrase: ")
+            if first != getpass.getpass("New passphrase (again): "):
+                raise KeystoreError("passphrase prompt", "the two new passphrases do not match")
+        except (EOFError, KeyboardInterrupt):
+            raise KeystoreError("passphrase prompt", "no new passphrase given") from None
+        new = first.encode("utf-8")
+    if not new:
+        raise KeystoreError(path or "new passphrase", "empty passphrase")
+    return new
 
 
 def _print_entries(entries: list[dict[str, Any]]) -> None:

@@ -6,6 +6,12 @@ line's bytes (without its newline; ``"0"*64`` for the first), ``sig`` the base64
 signature over the canonical JSON of the entry without ``sig``. An auditor needs only the
 public identity to check it. Removing entries from the end cannot be seen in the log itself;
 the identity records how long the log was when it was exported, which catches that.
+
+Rotation hands the log from one signing key to the next: the ``rotated`` entry is signed by
+the outgoing key and carries, in ``details.new_key_signature``, the incoming key's signature
+over the same entry (without either signature). From that entry on only the incoming key may
+sign, so a stolen retired key cannot extend the log, and an identity exported before the
+rotation still verifies everything after it.
 """
 from __future__ import annotations
 
@@ -27,8 +33,9 @@ from keys.errors import KeystoreError
 
 EVENTS = (
     "key-created", "dataset-derived", "used-for-job", "exported-public",
-    "rotated", "decrypted", "destroyed",
+    "rotated", "decrypted", "destroyed", "forgotten", "passphrase-changed",
 )
+ROTATION_FIELDS = ("old_key_id", "new_key_id", "new_public_key", "new_key_signature")
 IDENTITY_FORMAT = "patchveil-identity/1"
 GENESIS = "0" * 64
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -67,8 +74,15 @@ class CustodyLog:
         return f"CustodyLog({str(self.path)!r})"
 
     def append(self, event: str, details: dict[str, Any], key_id: str,
-               sign: Callable[[bytes], bytes]) -> dict[str, Any]:
-        """Sign and append one entry; returns it. Refuses to extend a damaged tail."""
+               sign: Callable[[bytes], bytes],
+               cosign: Callable[[bytes], bytes] | None = None) -> dict[str, Any]:
+        """Sign and append one entry; returns it. Refuses to extend a damaged tail.
+
+        ``cosign`` (``rotated`` only) is the incoming key: it signs the finished entry first,
+        and its signature goes into ``details["new_key_signature"]`` before ``sign`` signs all.
+        """
+        if (event == "rotated") != (cosign is not None):
+            raise ValueError("a rotated entry, and only a rotated entry, is signed by two keys")
         if event not in EVENTS:
             raise ValueError(f"unknown custody event {event!r}; known: {', '.join(EVENTS)}")
         if not isinstance(details, dict):
@@ -83,8 +97,11 @@ class CustodyLog:
                 last = self._checked_tail(fd, size)
                 seq, prev = last["seq"] + 1, line_hash(canonical_json(last))
                 time = max(time, last["time"])  # a clock stepping back must not break the order
-            entry: dict[str, Any] = {"seq": seq, "time": time, "event": event, "details": details,
-                                     "prev": prev, "key_id": key_id}
+            entry: dict[str, Any] = {"seq": seq, "time": time, "event": event,
+                                     "details": dict(details), "prev": prev, "key_id": key_id}
+            if cosign is not None:
+                entry["details"]["new_key_signature"] = base64.b64encode(
+                    cosign(canonical_json(entry))).decode("ascii")
             entry["sig"] = base64.b64encode(sign(canonical_json(entry))).decode("ascii")
             _write_all(fd, canonical_json(entry) + b"\n")
             os.fsync(fd)
@@ -147,6 +164,9 @@ class ChainReport:
     problems: list[str] = field(default_factory=list)
     entries: list[dict[str, Any]] = field(default_factory=list)
     head: str | None = None
+    signing_keys: dict[str, bytes] = field(default_factory=dict)
+    """Raw public keys by key id: the identity's, plus those handed over by valid rotations."""
+    active_key_id: str | None = None
 
 
 def identity_signing_keys(identity: dict[str, Any]) -> dict[str, Ed25519PublicKey]:
@@ -196,7 +216,8 @@ def read_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def verify_chain(path: str | os.PathLike[str], identity: dict[str, Any]) -> ChainReport:
-    """Check a custody log with only the public identity: links, order, signatures, times, length."""
+    """Check a custody log with only the public identity: links, order, signatures, times,
+    length, and which signing key was in office at each entry."""
     path = Path(path)
     keys = identity_signing_keys(identity)
     try:
@@ -215,7 +236,7 @@ def verify_chain(path: str | os.PathLike[str], identity: dict[str, Any]) -> Chai
         problems.append("custody log is empty (no key-created entry)")
 
     entries: list[dict[str, Any]] = []
-    prev_hash, prev_time = GENESIS, None
+    prev_hash, prev_time, active = GENESIS, None, None
     for index, line in enumerate(lines):
         name = f"line {index + 1}"
         entry = _parse_line(line)
@@ -224,8 +245,17 @@ def verify_chain(path: str | os.PathLike[str], identity: dict[str, Any]) -> Chai
         else:
             entries.append(entry)
             name = f"entry {entry['seq']}" + ("" if entry["seq"] == index else f" (line {index + 1})")
-            problems.extend(f"{name}: {reason}" for reason in
-                            _entry_problems(entry, line, index, prev_hash, prev_time, keys))
+            reasons = _entry_problems(entry, line, index, prev_hash, prev_time, keys)
+            if active is not None and entry["key_id"] != active and entry["key_id"] in keys:
+                reasons.append(f"signed by {entry['key_id']}, but {active} was the signing key "
+                               "in office (a retired key cannot extend the log)")
+            if entry["event"] == "rotated" and not reasons:
+                reasons += _accept_rotation(entry, keys)
+            problems.extend(f"{name}: {reason}" for reason in reasons)
+            if entry["event"] == "rotated" and not reasons:
+                active = entry["details"]["new_key_id"]
+            elif active is None and index == 0 and not reasons:
+                active = entry["key_id"]
             prev_time = _parse_time(entry["time"]) or prev_time
         prev_hash = line_hash(line)
 
@@ -237,8 +267,38 @@ def verify_chain(path: str | os.PathLike[str], identity: dict[str, Any]) -> Chai
                             "exported: entries were removed from the end")
         elif count and line_hash(lines[count - 1]) != expected.get("head"):
             problems.append(f"entry {count - 1}: differs from the entry the identity was exported with")
+    raw_keys = {kid: key.public_bytes_raw() for kid, key in keys.items()}
     return ChainReport(ok=not problems, problems=problems, entries=entries,
-                       head=line_hash(lines[-1]) if lines else None)
+                       head=line_hash(lines[-1]) if lines else None, signing_keys=raw_keys,
+                       active_key_id=active)
+
+
+def rotation_message(entry: dict[str, Any]) -> bytes:
+    """What the incoming key signs in a ``rotated`` entry: the entry without either signature."""
+    unsigned = {k: v for k, v in entry.items() if k != "sig"}
+    unsigned["details"] = {k: v for k, v in entry["details"].items() if k != "new_key_signature"}
+    return canonical_json(unsigned)
+
+
+def _accept_rotation(entry: dict[str, Any], keys: dict[str, Ed25519PublicKey]) -> list[str]:
+    """Check a rotated entry's hand-over; on success add the incoming key to ``keys``."""
+    details = entry["details"]
+    if not all(isinstance(details.get(k), str) for k in ROTATION_FIELDS):
+        return [f"rotated entry lacks {', '.join(ROTATION_FIELDS)}"]
+    if details["old_key_id"] != entry["key_id"]:
+        return [f"rotated entry names old key {details['old_key_id']} but is signed by {entry['key_id']}"]
+    try:
+        raw = base64.b64decode(details["new_public_key"], validate=True)
+        new_key = Ed25519PublicKey.from_public_bytes(raw)
+        new_key.verify(base64.b64decode(details["new_key_signature"], validate=True),
+                       rotation_message(entry))
+    except (ValueError, binascii.Error, InvalidSignature):
+        return ["the incoming key's signature on the rotated entry is invalid "
+                "(the new key was not held by whoever rotated)"]
+    if signing_key_id(raw) != details["new_key_id"]:
+        return [f"new key id {details['new_key_id']!r} is not the fingerprint of the new key"]
+    keys[details["new_key_id"]] = new_key
+    return []
 
 
 def _entry_problems(entry: dict[str, Any], line: bytes, index: int, prev_hash: str,

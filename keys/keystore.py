@@ -1,23 +1,34 @@
-"""The data owner's keystore: a master secret and an Ed25519 signing key sealed under a passphrase.
+"""The data owner's keystore: master secrets and Ed25519 signing keys sealed under a passphrase.
 
 Layout of a keystore directory (0700):
 
-- ``keystore.json`` (0600): format, created, key id, public key, scrypt parameters and salt,
-  AES-256-GCM nonce, and ``sealed`` (the encrypted secrets). Every field but ``sealed`` is the
-  GCM associated data, so editing any byte makes the keystore refuse to open.
+- ``keystore.json`` (0600): format, created, the current key id and public key, scrypt
+  parameters and salt, AES-256-GCM nonce, and ``sealed`` (the encrypted secrets). Every field
+  but ``sealed`` is the GCM associated data, so editing any byte makes the keystore refuse to open.
 - ``custody.log`` (0600): the signed custody chain (``keys.custody``), starting at ``key-created``.
+- ``index-<key id>.json`` (0600): sealed sample-id → path indexes (``keys.index``).
+
+The sealed secrets are a list of *generations*, oldest first. Each holds a signing key and a
+master secret; the last is current. ``rotate`` appends one, and old ones stay so old releases
+can still be decrypted. ``destroy`` crypto-erases one dataset's keys: every master that
+derived it is dropped (the current one replaced by a fresh one) after the keys of the other
+datasets it derived are kept ("pinned") in the sealed file, so nothing left in the keystore can
+re-derive the destroyed key.
 
 A new keystore is built in a private sibling directory and renamed into place, so a failed
-``create_keystore`` leaves nothing behind. Opening never writes.
+``create_keystore`` leaves nothing behind. Opening never writes; every change rewrites
+``keystore.json`` atomically, and refuses if another process changed it since it was opened.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,17 +40,19 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from keys.custody import IDENTITY_FORMAT, CustodyLog, canonical_json, signing_key_id
+from keys.custody import IDENTITY_FORMAT, CustodyLog, canonical_json, signing_key_id, utc_now
 from keys.derive import KEY_BYTES, DatasetKey
 from keys.errors import KeystoreError
 
 KEYSTORE_FILE = "keystore.json"
 CUSTODY_FILE = "custody.log"
-KEYSTORE_FORMAT = "patchveil-keystore/1"
+KEYSTORE_FORMAT = "patchveil-keystore/2"
+READABLE_FORMATS = ("patchveil-keystore/1", KEYSTORE_FORMAT)  # /1: one generation, no history
 SCRYPT_PARAMS = {"n": 2**17, "r": 8, "p": 1}  # fixed by the format: no knobs to set wrong
 _SALT_BYTES = 16
 _NONCE_BYTES = 12
 _HEADER_FIELDS = frozenset({"format", "created", "key_id", "public_key", "kdf", "cipher"})
+_RAW_PUBLIC = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
@@ -59,6 +72,47 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
     _fsync_dir(path.parent)
 
 
+@dataclass
+class _Generation:
+    """One signing key and the master secret it was issued with."""
+
+    signing_key: Ed25519PrivateKey
+    master: bytes | None          # None once ``destroy`` erased it
+    created: str
+    pinned: dict[str, bytes] = field(default_factory=dict)  # dataset id -> dataset key
+
+    @property
+    def public_key(self) -> bytes:
+        return self.signing_key.public_key().public_bytes(*_RAW_PUBLIC)
+
+    @property
+    def key_id(self) -> str:
+        return signing_key_id(self.public_key)
+
+    def derive(self, dataset_id: str) -> bytes | None:
+        """This generation's key for a dataset: pinned if kept after erasure, else HKDF(master)."""
+        if dataset_id in self.pinned:
+            return self.pinned[dataset_id]
+        return None if self.master is None else _hkdf(self.master, dataset_id)
+
+    def to_json(self) -> dict[str, Any]:
+        private = self.signing_key.private_bytes(serialization.Encoding.Raw,
+                                                 serialization.PrivateFormat.Raw,
+                                                 serialization.NoEncryption())
+        return {"signing_key": _b64(private), "created": self.created,
+                "master": None if self.master is None else _b64(self.master),
+                "pinned": {k: _b64(v) for k, v in sorted(self.pinned.items())}}
+
+
+def _new_generation() -> _Generation:
+    return _Generation(Ed25519PrivateKey.generate(), os.urandom(KEY_BYTES), utc_now())
+
+
+def _hkdf(master: bytes, dataset_id: str) -> bytes:
+    info = b"patchveil/dataset/" + dataset_id.encode("utf-8")
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(master)
+
+
 def create_keystore(directory: str | os.PathLike[str], passphrase: bytes) -> Keystore:
     """Make a new keystore in ``directory`` (which must not exist, or be empty) and log ``key-created``."""
     directory = Path(directory).absolute()
@@ -73,21 +127,19 @@ def create_keystore(directory: str | os.PathLike[str], passphrase: bytes) -> Key
     if not directory.parent.is_dir():
         raise KeystoreError(directory.parent, "parent directory does not exist")
 
-    master = os.urandom(KEY_BYTES)
-    signing_key = Ed25519PrivateKey.generate()
-    public_key = signing_key.public_key().public_bytes(serialization.Encoding.Raw,
-                                                       serialization.PublicFormat.Raw)
+    generation = _new_generation()
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    keystore_bytes = _seal(passphrase, created, public_key, master, signing_key)
+    salt = os.urandom(_SALT_BYTES)
+    seal = _Seal(_scrypt(passphrase, salt), salt)
 
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     except OSError as exc:
         raise KeystoreError(directory.parent, f"cannot create the keystore here ({exc.strerror})") from None
     try:
-        store = Keystore(staging, created, master, signing_key)
-        store.log("key-created", {"public_key": _b64(public_key), "format": KEYSTORE_FORMAT})
-        atomic_write(staging / KEYSTORE_FILE, keystore_bytes)
+        store = Keystore(staging, created, [generation], {}, seal)
+        store.log("key-created", {"public_key": _b64(generation.public_key), "format": KEYSTORE_FORMAT})
+        atomic_write(staging / KEYSTORE_FILE, store._sealed_bytes())
         try:
             os.rename(staging, directory)  # replaces an empty directory; fails on a non-empty one
         except OSError as exc:
@@ -96,59 +148,80 @@ def create_keystore(directory: str | os.PathLike[str], passphrase: bytes) -> Key
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _fsync_dir(directory.parent)
-    return Keystore(directory, created, master, signing_key)
+    return _open_with_seal(directory, seal)
 
 
 def open_keystore(directory: str | os.PathLike[str], passphrase: bytes) -> Keystore:
     """Unseal the keystore in ``directory``. Any wrong passphrase, damage or edit raises ``KeystoreError``."""
-    directory = Path(directory)
     _check_passphrase(passphrase)
-    path = directory / KEYSTORE_FILE
-    if not directory.is_dir():
-        raise KeystoreError(directory, "keystore directory not found")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise KeystoreError(path, "not found: this directory is not a keystore") from None
-    except OSError as exc:
-        raise KeystoreError(path, f"cannot read keystore ({exc.strerror})") from None
-    header, salt, nonce, sealed = _parse_keystore(path, raw)
+    path = Path(directory) / KEYSTORE_FILE
+    raw = _read_keystore_file(Path(directory))
+    _, salt, _, _ = _parse_keystore(path, raw)
+    return _open_with_seal(directory, _Seal(_scrypt(passphrase, salt), salt))
 
-    key = _scrypt(passphrase, salt)
+
+def _open_with_seal(directory: str | os.PathLike[str], seal: _Seal) -> Keystore:
+    """Unseal with an already derived sealing key (no second scrypt run)."""
+    directory = Path(directory)
+    path = directory / KEYSTORE_FILE
+    raw = _read_keystore_file(directory)
+    header, salt, nonce, sealed = _parse_keystore(path, raw)
+    if salt != seal.salt:
+        raise KeystoreError(path, "the keystore was re-sealed (new passphrase?) since it was opened")
     try:
-        plaintext = AESGCM(key).decrypt(nonce, sealed, canonical_json(header))
+        plaintext = AESGCM(seal.key).decrypt(nonce, sealed, canonical_json(header))
     except InvalidTag:
         raise KeystoreError(path, "wrong passphrase, or the file was edited") from None
-    try:
-        secrets = json.loads(plaintext)
-        master = base64.b64decode(secrets["master"], validate=True)
-        signing_key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(secrets["signing_key"], validate=True))
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise KeystoreError(path, "sealed secrets are malformed") from None
-    public_key = signing_key.public_key().public_bytes(serialization.Encoding.Raw,
-                                                       serialization.PublicFormat.Raw)
-    if len(master) != KEY_BYTES or _b64(public_key) != header["public_key"] \
-            or signing_key_id(public_key) != header["key_id"]:
+    generations, destroyed = _parse_secrets(path, plaintext, header)
+    current = generations[-1]
+    if current.master is None or _b64(current.public_key) != header["public_key"] \
+            or current.key_id != header["key_id"]:
         raise KeystoreError(path, "sealed secrets do not match the header")
     if not (directory / CUSTODY_FILE).is_file():
         raise KeystoreError(directory / CUSTODY_FILE, "custody log missing")
-    return Keystore(directory, header["created"], master, signing_key)
+    store = Keystore(directory, header["created"], generations, destroyed, seal)
+    store._opened_bytes = raw
+    return store
+
+
+@dataclass(frozen=True)
+class _Seal:
+    """The scrypt output that seals keystore.json, and the salt it came from."""
+
+    key: bytes = field(repr=False)
+    salt: bytes
+
+    def __repr__(self) -> str:
+        return "_Seal(<secret>)"
+
+    def __reduce__(self):
+        raise TypeError("a keystore seal cannot be pickled")
 
 
 class Keystore:
     """An opened keystore. Holds the secrets in memory; ``repr`` shows only public facts."""
 
-    def __init__(self, directory: Path, created: str, master: bytes,
-                 signing_key: Ed25519PrivateKey) -> None:
+    def __init__(self, directory: Path, created: str, generations: list[_Generation],
+                 destroyed: dict[str, str], seal: _Seal) -> None:
         self.directory = Path(directory)
         self.created = created
-        self.public_key = signing_key.public_key().public_bytes(serialization.Encoding.Raw,
-                                                                serialization.PublicFormat.Raw)
-        self.key_id = signing_key_id(self.public_key)
         self.custody = CustodyLog(self.directory / CUSTODY_FILE)
-        self.__master = master
-        self.__signing_key = signing_key
-        self.__logged: set[str] = set()
+        self.__generations = generations
+        self.__destroyed = destroyed
+        self.__seal = seal
+        self.__logged: set[tuple[str, str]] = set()
+        self.__rotation_logged = len(generations) == 1
+        self._opened_bytes: bytes | None = None
+
+    @property
+    def key_id(self) -> str:
+        """Fingerprint of the current signing key."""
+        return self.__generations[-1].key_id
+
+    @property
+    def public_key(self) -> bytes:
+        """The current raw Ed25519 public key (32 bytes)."""
+        return self.__generations[-1].public_key
 
     def __repr__(self) -> str:
         return f"Keystore(directory={str(self.directory)!r}, key_id={self.key_id!r})"
@@ -157,45 +230,182 @@ class Keystore:
         raise TypeError("a Keystore cannot be pickled; pass a DatasetKey to workers instead")
 
     def sign(self, data: bytes) -> bytes:
-        """Ed25519 signature (64 bytes) with the keystore's signing key."""
-        return self.__signing_key.sign(data)
+        """Ed25519 signature (64 bytes) with the current signing key."""
+        return self.__generations[-1].signing_key.sign(data)
 
     def log(self, event: str, details: dict[str, Any]) -> dict[str, Any]:
-        """Append a signed custody entry."""
-        return self.custody.append(event, details, self.key_id, self.sign)
+        """Append a signed custody entry (after finishing a rotation an interruption left unlogged)."""
+        self._finish_rotation()
+        current = self.__generations[-1]
+        return self.custody.append(event, details, current.key_id, current.signing_key.sign)
 
-    def dataset_key(self, dataset_id: str) -> DatasetKey:
-        """HKDF-SHA256(master, info="patchveil/dataset/" + id); logs ``dataset-derived`` the first time."""
+    # -- dataset keys ----------------------------------------------------------------------
+
+    def dataset_key(self, dataset_id: str, key_id: str | None = None) -> DatasetKey:
+        """The key of a dataset: HKDF-SHA256(master, info="patchveil/dataset/" + id).
+
+        Without ``key_id``: the current generation's key, logging ``dataset-derived`` the first
+        time. With ``key_id`` (an old release's manifest): whichever generation made that key.
+        A destroyed dataset is refused.
+        """
         if not isinstance(dataset_id, str) or not dataset_id:
             raise ValueError("dataset id must be a non-empty string")
-        info = b"patchveil/dataset/" + dataset_id.encode("utf-8")
-        key = DatasetKey(dataset_id, HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
-                                          info=info).derive(self.__master))
-        if dataset_id not in self.__logged:
-            if not any(d["dataset_id"] == dataset_id for d in self.datasets()):
+        if dataset_id in self.__destroyed:
+            raise KeystoreError(self.directory / KEYSTORE_FILE,
+                                f"dataset {dataset_id!r}: its key was destroyed on "
+                                f"{self.__destroyed[dataset_id]}; nothing made with it can be decrypted")
+        if key_id is not None:
+            for generation in reversed(self.__generations):
+                raw = generation.derive(dataset_id)
+                if raw is not None and DatasetKey(dataset_id, raw).key_id == key_id:
+                    return DatasetKey(dataset_id, raw)
+            raise KeystoreError(self.directory / KEYSTORE_FILE,
+                                f"dataset {dataset_id!r}: no key with id {key_id} in this keystore "
+                                "(made by another keystore?)")
+        key = DatasetKey(dataset_id, self.__generations[-1].derive(dataset_id))
+        if (dataset_id, key.key_id) not in self.__logged:
+            if not any(d["dataset_id"] == dataset_id and d["key_id"] == key.key_id
+                       for d in self.datasets()):
                 self.log("dataset-derived", {"dataset_id": dataset_id, "key_id": key.key_id,
                                              "commitment": key.commitment})
-            self.__logged.add(dataset_id)
+            self.__logged.add((dataset_id, key.key_id))
         return key
 
     def datasets(self) -> list[dict[str, Any]]:
-        """``[{dataset_id, key_id, commitment, derived}]`` for every dataset key the log records."""
-        seen: dict[str, dict[str, Any]] = {}
+        """``[{dataset_id, key_id, commitment, derived[, destroyed]}]`` for every dataset key the log records."""
+        seen: dict[tuple[str, Any], dict[str, Any]] = {}
+        destroyed: dict[str, str] = {}
         for entry in self.custody.entries():
             details = entry["details"]
-            if entry["event"] == "dataset-derived" and details.get("dataset_id") not in seen:
-                seen[details["dataset_id"]] = {"dataset_id": details["dataset_id"],
-                                               "key_id": details.get("key_id"),
-                                               "commitment": details.get("commitment"),
-                                               "derived": entry["time"]}
+            if entry["event"] == "dataset-derived":
+                name = (details.get("dataset_id"), details.get("key_id"))
+                seen.setdefault(name, {"dataset_id": details.get("dataset_id"),
+                                       "key_id": details.get("key_id"),
+                                       "commitment": details.get("commitment"),
+                                       "derived": entry["time"]})
+            elif entry["event"] == "destroyed":
+                destroyed[details.get("dataset_id")] = entry["time"]
+        for item in seen.values():
+            if item["dataset_id"] in destroyed:
+                item["destroyed"] = destroyed[item["dataset_id"]]
         return list(seen.values())
 
+    def destroyed(self) -> dict[str, str]:
+        """Dataset id → when its key was destroyed."""
+        return dict(self.__destroyed)
+
+    def signing_keys(self) -> list[dict[str, str]]:
+        """``[{key_id, public_key}]`` of every generation, oldest first (the last is current)."""
+        return [{"key_id": g.key_id, "public_key": _b64(g.public_key)} for g in self.__generations]
+
     def public_identity(self) -> dict[str, Any]:
-        """What an auditor needs and nothing secret: public key, datasets, the log's current length."""
+        """What an auditor needs and nothing secret: public keys, datasets, the log's current length."""
+        self._finish_rotation()
         public = {"key_id": self.key_id, "public_key": _b64(self.public_key)}
         return {"format": IDENTITY_FORMAT, **public, "created": self.created,
-                "datasets": self.datasets(), "signing_keys": [public],
+                "datasets": self.datasets(), "signing_keys": self.signing_keys(),
                 "custody": self.custody.head()}
+
+    # -- changes over the keystore's life --------------------------------------------------
+
+    def rotate(self) -> dict[str, Any]:
+        """New master and signing key; the old ones stay sealed for old releases. Returns the
+        ``rotated`` entry, which both the outgoing and the incoming key sign."""
+        self._finish_rotation()
+        generations = self.__generations + [_new_generation()]
+        self._reseal(generations, self.__destroyed)
+        self.__generations = generations
+        self.__rotation_logged = False
+        return self._finish_rotation()
+
+    def change_passphrase(self, new_passphrase: bytes) -> dict[str, Any]:
+        """Re-seal everything under a new passphrase (new salt); logs ``passphrase-changed``."""
+        _check_passphrase(new_passphrase)
+        salt = os.urandom(_SALT_BYTES)
+        seal = _Seal(_scrypt(new_passphrase, salt), salt)
+        self._reseal(self.__generations, self.__destroyed, seal)
+        self.__seal = seal
+        return self.log("passphrase-changed", {"kdf": "scrypt", **SCRYPT_PARAMS})
+
+    def destroy(self, dataset_id: str) -> dict[str, Any]:
+        """Crypto-erase every key of one dataset and log ``destroyed``.
+
+        Each master that derived the dataset (per the log) is dropped after pinning the keys
+        of the other datasets it derived; the current master is replaced by a fresh one. The
+        dataset's sealed indexes are deleted. Copies of keystore.json made before (backups)
+        still hold the key: they must be destroyed too.
+        """
+        if dataset_id in self.__destroyed:
+            raise KeystoreError(self.directory / KEYSTORE_FILE,
+                                f"dataset {dataset_id!r}: already destroyed on {self.__destroyed[dataset_id]}")
+        logged = [d for d in self.datasets() if d["dataset_id"] not in self.__destroyed]
+        key_ids = sorted({d["key_id"] for d in logged if d["dataset_id"] == dataset_id})
+        if not key_ids:
+            raise KeystoreError(self.custody.path, f"dataset {dataset_id!r}: no key of it was ever derived here")
+        generations, erased = [], 0
+        for index, old in enumerate(self.__generations):
+            gen = _Generation(old.signing_key, old.master, old.created, dict(old.pinned))
+            gen.pinned.pop(dataset_id, None)
+            if gen.master is not None and _hkdf_key_id(gen.master, dataset_id) in key_ids:
+                for d in logged:
+                    if d["dataset_id"] != dataset_id and d["dataset_id"] not in gen.pinned \
+                            and _hkdf_key_id(gen.master, d["dataset_id"]) == d["key_id"]:
+                        gen.pinned[d["dataset_id"]] = _hkdf(gen.master, d["dataset_id"])
+                current = index == len(self.__generations) - 1
+                gen.master = os.urandom(KEY_BYTES) if current else None
+                erased += 1
+            generations.append(gen)
+        destroyed = {**self.__destroyed, dataset_id: utc_now()}
+        self._reseal(generations, destroyed)
+        self.__generations, self.__destroyed = generations, destroyed
+        for key_id in key_ids:
+            (self.directory / f"index-{key_id}.json").unlink(missing_ok=True)
+        return self.log("destroyed", {"dataset_id": dataset_id, "key_ids": key_ids,
+                                      "masters_erased": erased})
+
+    def _finish_rotation(self) -> dict[str, Any] | None:
+        """Log the hand-over to the current key if a rotation's log entry is missing.
+
+        ``rotate`` seals the new key before logging it, so an interruption in between loses
+        no secret; the next write to the log completes the entry.
+        """
+        if self.__rotation_logged:
+            return None
+        new = self.__generations[-1]
+        if any(e["event"] == "rotated" and e["details"].get("new_key_id") == new.key_id
+               for e in self.custody.entries()):
+            self.__rotation_logged = True
+            return None
+        old = self.__generations[-2]
+        entry = self.custody.append("rotated", {"old_key_id": old.key_id, "new_key_id": new.key_id,
+                                                "new_public_key": _b64(new.public_key)},
+                                    old.key_id, old.signing_key.sign, cosign=new.signing_key.sign)
+        self.__rotation_logged = True
+        return entry
+
+    def _sealed_bytes(self, generations: list[_Generation] | None = None,
+                      destroyed: dict[str, str] | None = None, seal: _Seal | None = None) -> bytes:
+        generations = self.__generations if generations is None else generations
+        destroyed = self.__destroyed if destroyed is None else destroyed
+        seal = seal or self.__seal
+        secrets = {"generations": [g.to_json() for g in generations], "destroyed": destroyed}
+        return _seal_keystore(seal, self.created, generations[-1].public_key, canonical_json(secrets))
+
+    def _reseal(self, generations: list[_Generation], destroyed: dict[str, str],
+                seal: _Seal | None = None) -> None:
+        """Rewrite keystore.json atomically, unless someone else changed it since it was opened."""
+        path = self.directory / KEYSTORE_FILE
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self._opened_bytes is not None and _read_keystore_file(self.directory) != self._opened_bytes:
+                raise KeystoreError(path, "changed by another process since it was opened; "
+                                          "open it again and retry")
+            data = self._sealed_bytes(generations, destroyed, seal)
+            atomic_write(path, data)
+            self._opened_bytes = data
+        finally:
+            os.close(fd)
 
 
 def _check_passphrase(passphrase: bytes) -> None:
@@ -209,22 +419,61 @@ def _scrypt(passphrase: bytes, salt: bytes) -> bytes:
     return Scrypt(salt=salt, length=32, **SCRYPT_PARAMS).derive(bytes(passphrase))
 
 
-def _seal(passphrase: bytes, created: str, public_key: bytes, master: bytes,
-          signing_key: Ed25519PrivateKey) -> bytes:
-    salt, nonce = os.urandom(_SALT_BYTES), os.urandom(_NONCE_BYTES)
+def _seal_keystore(seal: _Seal, created: str, public_key: bytes, secrets: bytes) -> bytes:
+    nonce = os.urandom(_NONCE_BYTES)
     header = {
         "format": KEYSTORE_FORMAT,
         "created": created,
         "key_id": signing_key_id(public_key),
         "public_key": _b64(public_key),
-        "kdf": {"name": "scrypt", **SCRYPT_PARAMS, "salt": _b64(salt)},
+        "kdf": {"name": "scrypt", **SCRYPT_PARAMS, "salt": _b64(seal.salt)},
         "cipher": {"name": "aes-256-gcm", "nonce": _b64(nonce)},
     }
-    private = signing_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                        serialization.NoEncryption())
-    secrets = json.dumps({"master": _b64(master), "signing_key": _b64(private)}).encode("ascii")
-    sealed = AESGCM(_scrypt(passphrase, salt)).encrypt(nonce, secrets, canonical_json(header))
+    sealed = AESGCM(seal.key).encrypt(nonce, secrets, canonical_json(header))
     return _keystore_bytes({**header, "sealed": _b64(sealed)})
+
+
+def _hkdf_key_id(master: bytes, dataset_id: str) -> str:
+    return DatasetKey(dataset_id, _hkdf(master, dataset_id)).key_id
+
+
+def _parse_secrets(path: Path, plaintext: bytes,
+                   header: dict[str, Any]) -> tuple[list[_Generation], dict[str, str]]:
+    """The sealed generations (format /1 holds exactly one) and the destroyed datasets."""
+    def key(text: Any) -> bytes:
+        raw = base64.b64decode(text, validate=True)
+        if len(raw) != KEY_BYTES:
+            raise ValueError("wrong key length")
+        return raw
+
+    try:
+        secrets = json.loads(plaintext)
+        if header["format"] == "patchveil-keystore/1":
+            secrets = {"generations": [{**secrets, "created": header["created"], "pinned": {}}],
+                       "destroyed": {}}
+        generations = [
+            _Generation(Ed25519PrivateKey.from_private_bytes(key(g["signing_key"])),
+                        None if g["master"] is None else key(g["master"]), str(g["created"]),
+                        {str(d): key(v) for d, v in g["pinned"].items()})
+            for g in secrets["generations"]]
+        destroyed = {str(d): str(t) for d, t in secrets["destroyed"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+        raise KeystoreError(path, "sealed secrets are malformed") from None
+    if not generations:
+        raise KeystoreError(path, "sealed secrets hold no signing key")
+    return generations, destroyed
+
+
+def _read_keystore_file(directory: Path) -> bytes:
+    path = directory / KEYSTORE_FILE
+    if not directory.is_dir():
+        raise KeystoreError(directory, "keystore directory not found")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise KeystoreError(path, "not found: this directory is not a keystore") from None
+    except OSError as exc:
+        raise KeystoreError(path, f"cannot read keystore ({exc.strerror})") from None
 
 
 def _keystore_bytes(data: dict[str, Any]) -> bytes:
@@ -240,7 +489,7 @@ def _parse_keystore(path: Path, raw: bytes) -> tuple[dict[str, Any], bytes, byte
         raise KeystoreError(path, "not valid JSON (truncated or edited)") from None
     if not isinstance(data, dict) or set(data) != _HEADER_FIELDS | {"sealed"}:
         raise KeystoreError(path, "not a patchveil keystore (unexpected fields)")
-    if data["format"] != KEYSTORE_FORMAT:
+    if data["format"] not in READABLE_FORMATS:
         raise KeystoreError(path, f"unsupported keystore format {data['format']!r}")
     kdf, cipher = data["kdf"], data["cipher"]
     if not isinstance(kdf, dict) or {k: kdf.get(k) for k in ("name", *SCRYPT_PARAMS)} != \

@@ -6,10 +6,11 @@ known orientation on a grid of known size:
 
 1. Pairwise dissimilarity of "tile j right of tile i" and "tile j below tile i" for all N×N
    pairs in one broadcast: the Mahalanobis gradient compatibility (MGC) seen from both
-   tiles. For JPEG with 4:2:0 chroma (see `has_subsampled_chroma`) the decoder blends a
-   quarter of the *stored* neighbour's chroma into every edge pixel, which makes plain MGC
-   reassemble the shuffled layout; there luma carries MGC plus an edge-prediction term and
-   chroma is compared one pixel in from the edge.
+   tiles (single-channel tiles add an edge-prediction term). For JPEG with 4:2:0 chroma
+   (see `has_subsampled_chroma`) the decoder blends a quarter of the *stored* neighbour's
+   chroma into every edge pixel, which breaks plain MGC (at q90 it drops from 0.97 to 0.12
+   neighbour accuracy on 16 px tiles of natural photos); there luma is scored like a single
+   channel and chroma one pixel in from the edge (0.77–0.82).
 2. Confidence of a pair: its dissimilarity over the best rival on either side (the
    best-to-second-best ratio), so mutual best buddies are trusted first.
 3. Kruskal-style merge of clusters in order of confidence, refusing merges that would
@@ -76,13 +77,18 @@ def _by_median(d: np.ndarray) -> np.ndarray:
     return d / max(float(np.median(d)), 1e-12)
 
 
+def _single_channel(tiles: np.ndarray) -> np.ndarray:
+    """One channel: MGC alone degenerates to a variance ratio, so add the prediction term."""
+    return _by_median(_mgc(tiles)) + _by_median(_prediction(tiles))
+
+
 def _right_dissimilarity(tiles: np.ndarray, subsampled_chroma: bool) -> np.ndarray:
+    if tiles.shape[-1] == 1:
+        return _single_channel(tiles)
     if not subsampled_chroma:
         return _mgc(tiles)
     ycc = tiles @ _YCBCR.T
-    luma, chroma = ycc[..., :1], ycc[..., 1:]
-    return (_by_median(_mgc(luma)) + _by_median(_prediction(luma))
-            + 0.5 * _by_median(_mgc(chroma, inset=1)))
+    return _single_channel(ycc[..., :1]) + 0.5 * _by_median(_mgc(ycc[..., 1:], inset=1))
 
 
 def pairwise_dissimilarity(tiles: np.ndarray, subsampled_chroma: bool = False) -> np.ndarray:
@@ -132,7 +138,8 @@ def has_subsampled_chroma(image: np.ndarray) -> bool:
         return False
     rows, cols = _upsample_matrix(h // 2), _upsample_matrix(w // 2)
     proj_r, proj_c = rows @ np.linalg.pinv(rows), cols @ np.linalg.pinv(cols)
-    residual = chroma - np.einsum("ih,hwc,jw->ijc", proj_r, chroma, proj_c)
+    planes = np.moveaxis(chroma, -1, 0)                     # (2, h, w)
+    residual = planes - proj_r @ planes @ proj_c.T
     return float(np.sqrt((residual ** 2).mean())) < _SUBSAMPLED_RATIO * detail_rms
 
 

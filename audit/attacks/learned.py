@@ -1,0 +1,290 @@
+"""Learned position attacker: a ViT that sees a bag of shuffled tiles and says where each went.
+
+The paper of the `shuffle` cipher names this its strongest adversary. A small timm
+VisionTransformer with no position embedding (so it cannot know where a tile sits in the
+stored image, only what the tiles look like together) is trained on public images, disjoint
+from the victims, to classify every shuffled tile into one of rows·cols original positions.
+The per-tile scores become a placement with the Hungarian method on −log p, so the answer is
+always a permutation. An optional refinement adds the jigsaw solver's seam compatibility
+between neighbouring tiles and re-solves the assignment until the energy stops falling.
+
+Conventions are those of `audit.metrics`: a cipher's perm says shuffled tile i came from
+position perm[i]; a placement says placement[p] = the shuffled tile put at position p, so
+`encrypt.ciphers.shuffle(shuffled, placement, tile)` draws the reconstruction.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from audit.attacks.jigsaw import pairwise_dissimilarity
+from encrypt.ciphers import to_tokens
+
+# skimage sample photos an attacker may train on: none of them is a victim of the audit's
+# builtin photo set (astronaut, coffee, chelsea/cat, rocket, immunohistochemistry).
+PUBLIC_PHOTOS = ("hubble_deep_field", "retina", "colorwheel", "stereo_motorcycle", "camera",
+                 "coins", "brick", "grass", "gravel", "moon", "page", "clock", "cell")
+
+
+def public_photos() -> list[np.ndarray]:
+    """The public skimage photos as H×W×3 uint8 (grayscale ones repeated to RGB)."""
+    from skimage import data
+
+    out = []
+    for name in PUBLIC_PHOTOS:
+        loaded = getattr(data, name)()
+        for img in (loaded[:2] if isinstance(loaded, tuple) else (loaded,)):
+            img = np.asarray(img)
+            if img.ndim == 2:
+                img = np.repeat(img[..., None], 3, axis=-1)
+            out.append(np.ascontiguousarray(img[..., :3].astype(np.uint8)))
+    return out
+
+
+def _as_batch(images, what: str) -> np.ndarray:
+    """N×H×W or N×H×W×C uint8 → N×H×W×C."""
+    x = np.asarray(images)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise ValueError(f"{what} must be a non-empty N×H×W[×C] array, got shape {x.shape}")
+    return x
+
+
+def random_windows(images: np.ndarray | Sequence[np.ndarray], height: int, width: int, count: int,
+                   generator: torch.Generator, *, flip: bool = True, align: int = 1) -> torch.Tensor:
+    """`count` random height×width windows (N×C×H×W float in 0..1) from public images.
+
+    Images of exactly that size are used whole; larger ones give a random crop at a random
+    scale (photos), with offsets a multiple of `align` so crops keep a cipher's patch grid.
+    `generator` is an ordinary torch RNG: nothing here is keyed.
+    """
+    pool = list(images) if not isinstance(images, np.ndarray) else images
+    index = torch.randint(len(pool), (count,), generator=generator).tolist()
+    out = []
+    for i in index:
+        img = np.asarray(pool[i])
+        if img.ndim == 2:
+            img = img[..., None]
+        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255.0
+        h, w = t.shape[1:]
+        if (h, w) != (height, width):
+            if h < height or w < width:
+                raise ValueError(f"public image of {h}x{w} is smaller than the {height}x{width} window")
+            # Scale so the window covers 40–100 % of the shorter side, then crop.
+            least = max(height / h, width / w)
+            scale = least / (0.4 + 0.6 * float(torch.rand((), generator=generator)))
+            scale = min(max(scale, least), 1.0)
+            nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
+            if (nh, nw) != (h, w):
+                t = nn.functional.interpolate(t[None], size=(nh, nw), mode="area")[0]
+            top = int(torch.randint((nh - height) // align + 1, (), generator=generator)) * align
+            left = int(torch.randint((nw - width) // align + 1, (), generator=generator)) * align
+            t = t[:, top:top + height, left:left + width]
+        if flip and bool(torch.rand((), generator=generator) < 0.5):
+            t = t.flip(-1)
+        out.append(t)
+    return torch.stack(out)
+
+
+def _tokens(x: torch.Tensor, tile: int) -> torch.Tensor:
+    """B×C×H×W → B×N×C×tile×tile, row-major tiles."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // tile, tile, w // tile, tile).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, -1, c, tile, tile)
+
+
+def _image(tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Inverse of _tokens."""
+    b, _, c, t, _ = tokens.shape
+    x = tokens.reshape(b, rows, cols, c, t, t).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, rows * t, cols * t)
+
+
+class PositionAttacker(nn.Module):
+    """A position-free ViT over the tiles of a shuffled image and a per-tile position head.
+
+    Without position embedding the encoder is permutation-equivariant: it sees the tiles as
+    a set, exactly the information the `shuffle` cipher leaves.
+    """
+
+    def __init__(self, tile: int, grid: tuple[int, int], channels: int, *, dim: int = 96,
+                 depth: int = 4, heads: int = 4) -> None:
+        super().__init__()
+        self.tile, self.grid, self.channels = int(tile), (int(grid[0]), int(grid[1])), int(channels)
+        rows, cols = self.grid
+        self.encoder = VisionTransformer(
+            img_size=(rows * tile, cols * tile), patch_size=tile, in_chans=channels, num_classes=0,
+            global_pool="", class_token=False, pos_embed="none", embed_dim=dim, depth=depth,
+            num_heads=heads, mlp_ratio=2.0)
+        self.head = nn.Linear(dim, rows * cols)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B×C×H×W in 0..1 → B×N×N logits: [b, i, p] = score of tile i coming from position p."""
+        return self.head(self.encoder.forward_features((x - 0.5) / 0.25))
+
+
+@dataclass
+class TrainLog:
+    """Loss and per-tile position accuracy over the last tenth of training (on public data)."""
+
+    loss: float
+    tile_accuracy: float
+
+
+def train_position_attacker(public_images: np.ndarray | Sequence[np.ndarray], tile: int,
+                            grid: tuple[int, int], steps: int, *, batch_size: int = 64,
+                            lr: float = 2e-3, dim: int = 96, depth: int = 4, heads: int = 4,
+                            seed: int = 0, device: str = "cpu") -> PositionAttacker:
+    """Train a PositionAttacker on public images shuffled with fresh random permutations.
+
+    `public_images` are in the domain the attacker will see: N×H×W[×C] uint8 of the stored
+    size (e.g. the mixed images for `mix-shuffle`, with `tile` the sub-patch) or a list of
+    larger photos to crop windows from. The result carries `train_log` (a TrainLog).
+    """
+    rows, cols = (int(v) for v in grid)
+    if tile < 1 or rows < 1 or cols < 1 or rows * cols < 2:
+        raise ValueError(f"need a tile of at least 1 px and a grid of at least 2 tiles, got {tile}, {grid}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    first = np.asarray(public_images[0])
+    channels = 1 if first.ndim == 2 else first.shape[-1]
+    if isinstance(public_images, np.ndarray):
+        _as_batch(public_images, "public images")
+        if public_images.ndim == 3:
+            public_images = public_images[..., None]
+    n = rows * cols
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = PositionAttacker(tile, (rows, cols), channels, dim=dim, depth=depth, heads=heads)
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    tail_loss, tail_acc, tail = 0.0, 0.0, 0
+    for step in range(steps):
+        x = random_windows(public_images, rows * tile, cols * tile, batch_size, gen, align=tile)
+        perm = torch.argsort(torch.rand(batch_size, n, generator=gen), dim=1)
+        tokens = _tokens(x, tile)
+        shuffled = _image(torch.take_along_dim(tokens, perm[:, :, None, None, None], dim=1), rows, cols)
+        logits = model(shuffled.to(device))
+        target = perm.to(device)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, n), target.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step >= steps - max(1, steps // 10):
+            tail_loss += float(loss.detach())
+            tail_acc += float((logits.argmax(-1) == target).float().mean())
+            tail += 1
+    model.eval()
+    model.train_log = TrainLog(loss=tail_loss / tail, tile_accuracy=tail_acc / tail)
+    return model
+
+
+@torch.no_grad()
+def position_log_probs(model: PositionAttacker, shuffled_images: np.ndarray,
+                       batch_size: int = 256) -> np.ndarray:
+    """N×T×T log-probabilities [n, i, p] that shuffled tile i of image n came from position p."""
+    x = _as_batch(shuffled_images, "shuffled images")
+    rows, cols = model.grid
+    expect = (rows * model.tile, cols * model.tile, model.channels)
+    if x.shape[1:] != expect:
+        raise ValueError(f"shuffled images of shape {x.shape[1:]} do not fit the attacker "
+                         f"(expects {expect[0]}x{expect[1]}x{expect[2]})")
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(x), batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).permute(0, 3, 1, 2)
+        logits = model(chunk.float().div(255.0).to(device))
+        out.append(torch.log_softmax(logits.float(), dim=-1).cpu().numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def hungarian_placement(log_probs: np.ndarray) -> np.ndarray:
+    """The placement (placement[p] = tile at p) that maximises Σ log p(tile → position)."""
+    tiles, positions = linear_sum_assignment(-np.asarray(log_probs))
+    placement = np.empty(len(tiles), dtype=np.int64)
+    placement[positions] = tiles
+    return placement
+
+
+# (row step, column step) of a neighbour, orientation in pairwise_dissimilarity, and whether
+# the tile at p is the first of the pair (left of / above the neighbour).
+_NEIGHBOURS = (((0, 1), 0, True), ((0, -1), 0, False), ((1, 0), 1, True), ((-1, 0), 1, False))
+
+
+def _energy(placement: np.ndarray, unary: np.ndarray, seam: np.ndarray, rows: int, cols: int) -> float:
+    g = placement.reshape(rows, cols)
+    return float(unary[placement, np.arange(placement.size)].sum()
+                 + seam[0][g[:, :-1], g[:, 1:]].sum() + seam[1][g[:-1], g[1:]].sum())
+
+
+def refine_placement(placement: np.ndarray, log_probs: np.ndarray, tiles: np.ndarray,
+                     grid: tuple[int, int], weight: float = 1.0, iterations: int = 10) -> np.ndarray:
+    """Improve a placement with the jigsaw solver's seam compatibility.
+
+    Energy = Σ −log p(tile → position) + weight · Σ median-scaled seam dissimilarity of every
+    placed neighbour pair. Each round re-solves the assignment with the seams to the current
+    neighbours as extra cost per (tile, position) and keeps the lowest-energy placement.
+    """
+    rows, cols = (int(v) for v in grid)
+    n = rows * cols
+    dis = pairwise_dissimilarity(tiles)
+    finite = dis[np.isfinite(dis)]
+    scale = max(float(np.median(finite)), 1e-12) if finite.size else 1.0
+    seam = weight * np.where(np.isfinite(dis), dis, finite.max() if finite.size else 0.0) / scale
+    unary = -np.asarray(log_probs)
+    best = np.asarray(placement, dtype=np.int64)
+    best_energy = _energy(best, unary, seam, rows, cols)
+    current = best
+    r, c = np.divmod(np.arange(n), cols)
+    for _ in range(iterations):
+        cost = unary.copy()
+        g = current.reshape(rows, cols)
+        for (dr, dc), o, first in _NEIGHBOURS:
+            ok = (r + dr >= 0) & (r + dr < rows) & (c + dc >= 0) & (c + dc < cols)
+            neighbour = g[(r + dr)[ok], (c + dc)[ok]]
+            # Half of each seam from either side, so a pair is counted once in total.
+            cost[:, ok] += 0.5 * (seam[o][:, neighbour] if first else seam[o][neighbour, :].T)
+        proposal = hungarian_placement(-cost)
+        if np.array_equal(proposal, current):
+            break
+        current = proposal
+        energy = _energy(current, unary, seam, rows, cols)
+        if energy < best_energy:
+            best, best_energy = current, energy
+    return best
+
+
+def attack(model: PositionAttacker, shuffled_images: np.ndarray, tile: int, grid: tuple[int, int],
+           *, refine: bool = False, refine_weight: float = 1.0) -> np.ndarray:
+    """Placements (N×rows·cols, each a permutation) for a batch of shuffled images.
+
+    With `refine`, the Hungarian placement is improved with seam compatibility
+    (`refine_placement`); the tiles must then be at least 2 px.
+    """
+    rows, cols = (int(v) for v in grid)
+    if (model.tile, model.grid) != (tile, (rows, cols)):
+        raise ValueError(f"attacker was trained for tile {model.tile} on a {model.grid[0]}x{model.grid[1]} "
+                         f"grid, asked for tile {tile} on {rows}x{cols}")
+    x = _as_batch(shuffled_images, "shuffled images")
+    log_probs = position_log_probs(model, x)
+    placements = np.stack([hungarian_placement(lp) for lp in log_probs])
+    if refine:
+        if tile < 2:
+            raise ValueError(f"refinement compares tile edges and needs tiles of at least 2 px, got {tile}")
+        tokens = to_tokens(x, tile)
+        placements = np.stack([refine_placement(p, lp, t, (rows, cols), refine_weight)
+                               for p, lp, t in zip(placements, log_probs, tokens)])
+    return placements

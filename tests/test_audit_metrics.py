@@ -1,0 +1,110 @@
+"""Placement and fidelity metrics: hand-made grids, and their tie to the cipher's convention."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from audit.metrics import direct_accuracy, neighbour_accuracy, psnr, recovered_positions, ssim
+from encrypt.ciphers import shuffle, unshuffle
+
+
+def _placement_for(origin: list[int], perm: np.ndarray) -> np.ndarray:
+    """The placement whose tile at position p came from original position origin[p]."""
+    return np.argsort(perm)[np.asarray(origin)]
+
+
+def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def test_two_by_two_by_hand():
+    # Original grid 0 1 / 2 3. Shuffled token i = original token perm[i].
+    perm = np.array([1, 0, 3, 2])
+    # Putting shuffled tile i at position i (no attack at all) shows the original grid
+    # as 1 0 / 3 2: no row pair is right, both columns are (1 above 3, 0 above 2).
+    identity = np.arange(4)
+    assert recovered_positions(identity, perm).tolist() == [1, 0, 3, 2]
+    assert direct_accuracy(identity, perm) == 0.0
+    assert neighbour_accuracy(identity, perm, (2, 2)) == 0.5
+    # The inverse permutation is the perfect answer.
+    assert direct_accuracy(perm, perm) == 1.0
+    assert neighbour_accuracy(perm, perm, (2, 2)) == 1.0
+    # 1 2 / 0 3: "2 right of 1" is consecutive in index but 1 ends an original row.
+    wrapped = _placement_for([1, 2, 0, 3], perm)
+    assert direct_accuracy(wrapped, perm) == 0.25
+    assert neighbour_accuracy(wrapped, perm, (2, 2)) == 0.0
+
+
+def test_neighbour_accuracy_is_translation_invariant_direct_is_not():
+    # Original 0 1 2 / 3 4 5; the result is the original rotated one column to the right.
+    perm = np.random.default_rng(7).permutation(6)
+    shifted = _placement_for([2, 0, 1, 5, 3, 4], perm)
+    assert direct_accuracy(shifted, perm) == 0.0
+    # Of 7 true adjacencies (4 across, 3 down), 0-1, 3-4 and all three columns survive.
+    assert neighbour_accuracy(shifted, perm, (2, 3)) == pytest.approx(5 / 7)
+
+
+def test_metrics_follow_the_cipher_convention(photos):
+    """placement = inverse of perm is exactly what puts a shuffled photo back."""
+    img = photos["chelsea"]
+    perm = np.random.default_rng(0).permutation(196)
+    shuffled = shuffle(img, perm, 16)
+    placement = np.argsort(perm)
+    # Arranging shuffled tiles by placement (out tile p = shuffled tile placement[p]) is shuffle().
+    assert np.array_equal(shuffle(shuffled, placement, 16), img)
+    assert np.array_equal(unshuffle(shuffled, perm, 16), img)
+    assert direct_accuracy(placement, perm) == 1.0
+    assert neighbour_accuracy(placement, perm, (14, 14)) == 1.0
+    # Leaving the shuffled image as it is recovers almost nothing.
+    assert neighbour_accuracy(np.arange(196), perm, (14, 14)) < 0.05
+    assert direct_accuracy(np.arange(196), perm) < 0.05
+
+
+@pytest.mark.parametrize("placement, message", [
+    ([0, 1, 1, 3], "not a permutation"),
+    ([0, 1, 2], "expected 4"),
+    ([0.0, 1.0, 2.0, 3.0], "integer"),
+])
+def test_bad_placements_are_rejected(placement, message):
+    with pytest.raises(ValueError, match=message):
+        neighbour_accuracy(np.array(placement), np.arange(4), (2, 2))
+
+
+def test_grid_must_match():
+    with pytest.raises(ValueError, match="do not fill a 3x3 grid"):
+        neighbour_accuracy(np.arange(4), np.arange(4), (3, 3))
+
+
+def test_psnr_and_ssim_on_real_photos(photos):
+    img = photos["astronaut"]
+    assert psnr(img, img) == float("inf")
+    assert ssim(img, img) == pytest.approx(1.0)
+    q90, q30 = _jpeg(img, 90), _jpeg(img, 30)
+    mse = np.mean((img.astype(np.float64) - q90) ** 2)
+    assert psnr(img, q90) == pytest.approx(10 * np.log10(255.0 ** 2 / mse))
+    # Heavier compression loses more, and a shuffle destroys structure far more than either.
+    assert psnr(img, q90) > psnr(img, q30) > 25
+    shuffled = shuffle(img, np.random.default_rng(0).permutation(196), 16)
+    assert 1.0 > ssim(img, q90) > ssim(img, q30) > ssim(img, shuffled)
+    assert ssim(img, shuffled) < 0.5
+
+
+def test_grayscale_and_shape_errors(fmnist_small):
+    images, _ = fmnist_small
+    a = images[0]
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=75)
+    compressed = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+    shuffled = shuffle(a, np.random.default_rng(0).permutation(49), 4)
+    assert compressed.shape == a.shape == (28, 28)
+    assert ssim(a, compressed) > 0.8 > ssim(a, shuffled)
+    assert psnr(a, compressed) > psnr(a, shuffled)
+    with pytest.raises(ValueError, match="differ in shape"):
+        psnr(a, a[:27])
+    with pytest.raises(ValueError, match="too small"):
+        ssim(a[:2, :2], a[:2, :2])

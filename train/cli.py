@@ -1,0 +1,208 @@
+"""train-encrypted: the ML engineer's command. Thin click wrapper over train.engine.
+
+Errors in the input (release, run folder, checkpoint, settings) are one line on stderr,
+``error: <file>: <reason>``, exit status 2, nothing written. A run that diverges (a loss
+that is not finite) exits 1. Under ``torchrun`` every process runs the same command.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from train.data import worker_error_line
+
+LOSSES = ("ce", "anchor-euclidean", "anchor-cosine")
+ANCHORS = ("simplex", "orthogonal")
+
+
+class BadInput(click.ClickException):
+    """Usage or input problem: one line, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class TrainingFailed(BadInput):
+    """The run itself went wrong (a loss that is not finite): one line, exit code 1."""
+
+    exit_code = 1
+
+
+def one_line_errors(fn):
+    """Turn the project's input errors into one clear line and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FloatingPointError as exc:
+            raise TrainingFailed(worker_error_line(exc)) from None
+        except ValueError as exc:  # ManifestError, ShardError, CheckpointError, RunError, settings
+            raise BadInput(worker_error_line(exc)) from None
+    return wrapper
+
+
+def _setup_logging() -> None:
+    """Progress notes on stderr from the process that writes the run (rank 0) only."""
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(message)s", stream=sys.stderr)
+
+
+def _parse_model_args(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """KEY=VALUE pairs; values are JSON when they parse (2, 0.1, true, [1,2]) else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise BadInput(f"--model-arg {pair!r}: expected KEY=VALUE, e.g. depth=6")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Train vision transformers on encrypted shards; never sees a key or a plain image.
+
+    \b
+    Example:
+      train-encrypted classify --shards ~/release --out runs/vit --epochs 30
+      train-encrypted evaluate --shards ~/release --checkpoint runs/vit/best.pt
+      torchrun --nproc_per_node 8 $(which train-encrypted) classify --shards ~/release --out runs/ddp
+    """
+
+
+# (option name, TrainConfig field): options a resumed run takes from last.pt unless given.
+_CONFIG_OPTIONS = {
+    "model": "model", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+    "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "min_lr": "min_lr",
+    "clip_grad": "clip_grad", "loss": "loss", "anchors": "anchors", "anchor_scale": "anchor_scale",
+    "label_smoothing": "label_smoothing", "hflip": "hflip", "color_jitter": "color_jitter",
+    "mixup": "mixup", "cutmix": "cutmix", "token_drop": "token_drop", "amp": "amp",
+    "workers": "workers", "shuffle_buffer": "shuffle_buffer", "seed": "seed",
+    "train_split": "train_split", "val_split": "val_split", "verify_digests": "verify_digests",
+    "log_every": "log_every", "checkpoint_every": "checkpoint_every", "model_args": "model_kwargs",
+}
+
+
+@cli.command()
+@click.option("--shards", required=True, type=click.Path(path_type=Path), metavar="OUT",
+              help="Release folder (manifest.json + shards) from encrypt-dataset.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="RUN",
+              help="Run folder: metrics.jsonl, last.pt, best.pt, config.json.")
+@click.option("--model", default="auto", show_default=True,
+              help="auto / tiny / small / base: the model that fits the release's cipher; "
+                   "or any timm model name.")
+@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+              help="Extra timm.create_model keyword, repeatable (e.g. depth=6 drop_path_rate=0.1).")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--batch-size", default=128, show_default=True, help="Per process.")
+@click.option("--lr", default=5e-4, show_default=True, help="Peak AdamW learning rate.")
+@click.option("--weight-decay", default=0.05, show_default=True)
+@click.option("--warmup-epochs", default=1, show_default=True, help="Linear warm-up before the cosine decay.")
+@click.option("--min-lr", default=1e-6, show_default=True)
+@click.option("--clip-grad", default=1.0, show_default=True, help="Gradient norm clip (0: off).")
+@click.option("--loss", type=click.Choice(LOSSES), default="ce", show_default=True)
+@click.option("--anchors", type=click.Choice(ANCHORS), default="simplex", show_default=True,
+              help="Anchor choice for the anchor losses: maximal separation or orthogonality.")
+@click.option("--anchor-scale", default=10.0, show_default=True, help="Softmax sharpness of the anchor losses.")
+@click.option("--label-smoothing", default=0.0, show_default=True)
+@click.option("--hflip", default=0.5, show_default=True,
+              help="Probability of a flip that commutes with the cipher (per token for shuffled shards).")
+@click.option("--color-jitter", default=0.0, show_default=True)
+@click.option("--mixup", default=0.0, show_default=True, help="Mixup Beta alpha (0: off).")
+@click.option("--cutmix", default=0.0, show_default=True, help="Token-cutmix Beta alpha (0: off).")
+@click.option("--token-drop", default=0.0, show_default=True, help="Fraction of tokens zeroed.")
+@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA (CPU stays float32).")
+@click.option("--resume", is_flag=True, help="Continue RUN/last.pt at the step it was written.")
+@click.option("--workers", default=2, show_default=True, help="DataLoader workers per process.")
+@click.option("--shuffle-buffer", default=1000, show_default=True, help="Samples in the shuffle buffer.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--train-split", default="train", show_default=True)
+@click.option("--val-split", default="val", show_default=True, help="Split evaluated after each epoch; none: no evaluation.")
+@click.option("--verify-digests", is_flag=True, help="Hash every shard against the manifest before training.")
+@click.option("--log-every", default=50, show_default=True, help="Steps between metrics.jsonl lines.")
+@click.option("--checkpoint-every", default=0, show_default=True,
+              help="Also write last.pt every N steps inside an epoch (0: at epoch ends only).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+@one_line_errors
+def classify(ctx: click.Context, shards: Path, out: Path, resume: bool, quiet: bool, **options: Any) -> None:
+    """Train a classifier on a release's train split, evaluating on its val split.
+
+    \b
+    Example:
+      train-encrypted classify --shards ~/release --out runs/pevit --epochs 30 --amp
+      train-encrypted classify --shards ~/release --out runs/pevit --resume
+      train-encrypted classify --shards ~/release --out runs/anchor --loss anchor-cosine
+    """
+    from train.checkpoint import load_checkpoint
+    from train.engine import LAST, TrainConfig, train
+
+    _setup_logging()
+    options["model_args"] = _parse_model_args(options["model_args"])
+    if options["val_split"].lower() == "none":
+        options["val_split"] = None
+    given = {name for name in _CONFIG_OPTIONS
+             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    if resume and (out / LAST).is_file():
+        fields = dict(load_checkpoint(out / LAST)["config"])
+    else:
+        fields = {}
+        given = set(_CONFIG_OPTIONS)
+    fields.update({_CONFIG_OPTIONS[name]: options[name] for name in given})
+    fields.update(shards=str(shards), out=str(out), progress=not quiet)
+    config = TrainConfig.from_dict(fields)
+    summary = train(config, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = summary["best_top1"]
+        shown = "no evaluation" if best is None else f"best val top-1 {best:.4f}"
+        click.echo(f"trained {summary['epochs']} epochs ({summary['step']} steps, "
+                   f"{summary['world_size']} processes): {shown}; run in {out}")
+
+
+@cli.command()
+@click.option("--shards", required=True, type=click.Path(path_type=Path), metavar="OUT",
+              help="Release folder (manifest.json + shards).")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), metavar="RUN/best.pt",
+              help="A checkpoint written by classify (best.pt or last.pt).")
+@click.option("--split", default="val", show_default=True)
+@click.option("--batch-size", type=int, help="Default: the training batch size.")
+@click.option("--workers", default=2, show_default=True)
+@click.option("--verify-digests", is_flag=True, help="Hash every shard against the manifest first.")
+@one_line_errors
+def evaluate(shards: Path, checkpoint: Path, split: str, batch_size: int | None, workers: int,
+             verify_digests: bool) -> None:
+    """Score a checkpoint on a split: prints one JSON line (loss, top1, top5, samples).
+
+    \b
+    Example:
+      train-encrypted evaluate --shards ~/release --checkpoint runs/pevit/best.pt --split val
+    """
+    from train.engine import evaluate_checkpoint
+
+    _setup_logging()
+    result = evaluate_checkpoint(checkpoint, shards, split, batch_size=batch_size, workers=workers,
+                                 verify_digests=verify_digests)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(json.dumps(result, sort_keys=True))
+
+
+def main() -> None:
+    cli(prog_name="train-encrypted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

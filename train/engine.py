@@ -1,0 +1,605 @@
+"""The training loop: `train_one_epoch`, `evaluate`, and `train` that wires a run together.
+
+Split the DETR way: the two loop functions take ready-made pieces (model, loss, batches,
+transform, optimizer) and know nothing of arguments or files; `train(TrainConfig)` builds
+the pieces from a release and runs the epochs; `evaluate_checkpoint` scores a saved model.
+The command line (`train.cli`) and the benchmarks call these, nothing else.
+
+A run folder holds `metrics.jsonl` (one JSON object per line: `config`, `train` every
+`log_every` steps, `epoch` with validation top-1/top-5), `last.pt` (everything needed to go
+on: model, optimizer, scheduler, epoch, step, every rank's RNG states) and `best.pt` (the
+model with the best validation top-1). A resumed run takes the same batches, draws the
+same augmentations and so logs the same losses, step for step, as one never interrupted.
+
+DDP: start with `torchrun --nproc_per_node N` (gloo on CPU, NCCL on GPUs). `batch_size` is
+per process. Rank 0 writes the run folder; every rank gets the same number of batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from timm.data import resolve_data_config
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch import nn
+from tqdm import tqdm
+
+from shards.manifest import atomic_write_bytes
+from train.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    check_release,
+    load_checkpoint,
+    release_record,
+    restore_rng,
+    save_checkpoint,
+)
+from train.data import Augmentation, BatchTransform, Release, ShardLoader, epoch_seed, open_release
+
+__all__ = [
+    "RunError",
+    "TrainConfig",
+    "build_model",
+    "evaluate",
+    "evaluate_checkpoint",
+    "train",
+    "train_one_epoch",
+]
+
+log = logging.getLogger("train")
+
+LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.json"
+
+
+class RunError(ValueError):
+    """A run folder or a resume request that cannot go ahead; one line naming the file."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run is made of. Saved in every checkpoint; a resume keeps it.
+
+    `model`: "auto" (the tiny model that fits the release's cipher), a size ("tiny",
+    "small", "base") of that model, or any timm model name; the cipher's geometry (tile,
+    image size, channels, sub-patch) is always passed, `model_kwargs` go on top (e.g.
+    depth=2). `val_split=None` trains without evaluation (and without best.pt).
+    """
+
+    shards: str
+    out: str
+    model: str = "auto"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    min_lr: float = 1e-6
+    clip_grad: float = 1.0
+    loss: str = "ce"
+    anchors: str = "simplex"
+    anchor_scale: float = 10.0
+    label_smoothing: float = 0.0
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    token_drop: float = 0.0
+    amp: bool = False
+    workers: int = 2
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    train_split: str = "train"
+    val_split: str | None = "val"
+    verify_digests: bool = False
+    log_every: int = 50
+    checkpoint_every: int = 0
+    progress: bool = True
+
+    # May differ when resuming: they change where and how loudly, not what is computed.
+    # (workers changes which worker reads which shard, hence the batches: see docs.)
+    RESUMABLE_CHANGES = ("shards", "out", "workers", "verify_digests", "log_every",
+                         "checkpoint_every", "progress")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_epochs", "workers", "shuffle_buffer", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be at least 1, got {self.log_every}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0 or self.clip_grad < 0 or self.min_lr < 0:
+            raise ValueError("weight_decay, clip_grad and min_lr must be >= 0")
+        self.augmentation()  # validates the augmentation settings
+
+    def augmentation(self) -> Augmentation:
+        return Augmentation(hflip=self.hflip, color_jitter=self.color_jitter, mixup=self.mixup,
+                            cutmix=self.cutmix, token_drop=self.token_drop)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# -- processes -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs: rank, world size, device, and whether it writes the run."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.distributed:
+            torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj: Any) -> list[Any]:
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+
+def start_runtime(device: str | None = None) -> Runtime:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device(device or "cpu")
+    if world_size > 1:
+        dist = torch.distributed
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if cuda else "gloo")
+        return Runtime(dist.get_rank(), dist.get_world_size(), dev)
+    return Runtime(0, 1, dev)
+
+
+def _seed_augmentation(seed: int, epoch: int, rank: int) -> None:
+    """Seed the generators augmentations draw from, per epoch and rank (not keyed)."""
+    s = epoch_seed(seed, epoch, rank, stream="augment")
+    torch.manual_seed(s)
+    np.random.seed(s)  # timm's mixup draws lambda from numpy
+    random.seed(s)
+
+
+def _autocast(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA; CPU runs in float32 (bf16 on CPU is slow and gains nothing)."""
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+# -- model, loss, optimiser ----------------------------------------------------------------
+
+def build_model(spec: str, release: Release, head_width: int,
+                overrides: dict[str, Any] | None = None) -> tuple[str, dict[str, Any], nn.Module]:
+    """Create the timm model for a release: `(name, create_model kwargs, model)`.
+
+    The release's cipher picks the family (plain ViT for `none`, PEViT for shuffled tokens,
+    MI-ViT for `mix`) through `train.models.model_for_cipher`; `spec` may name a size or
+    any timm model instead, and `overrides` replace any keyword (depth, embed_dim, ...).
+    """
+    from train.models import SIZES, model_for_cipher  # registers pevit_* and mivit_*
+
+    size = spec if spec in SIZES else "tiny"
+    name, kwargs = model_for_cipher(release.cipher.to_dict(), head_width, size=size)
+    if spec not in ("auto", *SIZES):
+        if not timm.is_model(spec):
+            raise ValueError(f"model {spec!r} is not a timm model name (or auto, {', '.join(SIZES)})")
+        name = spec
+    kwargs.update(overrides or {})
+    return name, kwargs, create_model(name, kwargs)
+
+
+def create_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    import train.models  # noqa: F401  (registers pevit_* and mivit_*)
+
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except (TypeError, ValueError, AssertionError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"model {name} with {kwargs}: {reason}") from None
+
+
+def _build_loss(config: TrainConfig, num_classes: int) -> tuple[nn.Module, int]:
+    from train.losses import build_loss
+
+    return build_loss(config.loss, num_classes, label_smoothing=config.label_smoothing,
+                      anchors=config.anchors, scale=config.anchor_scale, seed=config.seed)
+
+
+def _normalisation(model: nn.Module) -> tuple[list[float], list[float]]:
+    cfg = resolve_data_config({}, model=model)
+    return [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
+
+
+# -- the two loops ---------------------------------------------------------------------------
+
+StepHook = Callable[[int, int, torch.Tensor, float], None]
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, batches: Iterable, transform: BatchTransform,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, *, device: torch.device,
+                    step: int, amp: bool = False, clip_grad: float = 0.0,
+                    on_step: StepHook | None = None) -> dict[str, float]:
+    """One pass over `batches`; returns this rank's `loss_sum`, `samples`, `batches`, last `step`.
+
+    `step` counts optimiser updates before this epoch; the scheduler is told each new count.
+    `on_step(step, batch_in_epoch, loss, lr)` runs after every update (logging, checkpoints).
+    """
+    model.train()
+    criterion.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    samples = batches_done = 0
+    for index, (images, labels) in enumerate(batches, start=1):
+        inputs, targets = transform(images, labels)
+        with _autocast(device, amp):
+            outputs = model(inputs)
+        loss = criterion(outputs.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        step += 1
+        scheduler.step_update(num_updates=step)
+        loss_sum += loss.detach().double() * images.shape[0]
+        samples += images.shape[0]
+        batches_done += 1
+        if on_step is not None:
+            on_step(step, index, loss.detach(), lr)
+    return {"loss_sum": float(loss_sum), "samples": samples, "batches": batches_done, "step": step}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, criterion: nn.Module, batches: Iterable, transform: BatchTransform, *,
+             device: torch.device, amp: bool = False, runtime: Runtime | None = None) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy over `batches`, summed over ranks when distributed.
+
+    Top-5 is top-min(5, classes). Predictions are the loss's own (`criterion.logits`): the
+    classifier's logits for cross-entropy, minus scaled anchor distances for anchor losses.
+    """
+    model.eval()
+    criterion.eval()
+    loss_sum = top1 = top5 = 0.0
+    samples = 0
+    for images, labels in batches:
+        inputs, targets = transform(images, labels)
+        with _autocast(device, amp):
+            outputs = model(inputs)
+        outputs = outputs.float()
+        loss_sum += float(criterion(outputs, targets)) * images.shape[0]
+        logits = criterion.logits(outputs)
+        k = min(5, logits.shape[1])
+        hits = logits.topk(k, dim=1).indices == targets[:, None]
+        top1 += float(hits[:, 0].sum())
+        top5 += float(hits.any(dim=1).sum())
+        samples += images.shape[0]
+    if runtime is not None:
+        loss_sum, top1, top5, samples = runtime.sum([loss_sum, top1, top5, samples])
+    n = max(samples, 1)
+    return {"loss": loss_sum / n, "top1": top1 / n, "top5": top5 / n, "samples": int(samples)}
+
+
+# -- the run folder --------------------------------------------------------------------------
+
+class MetricsLog:
+    """`metrics.jsonl`: appended a line at a time; on resume, cut back to the checkpoint's step."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True, allow_nan=True) + "\n")
+
+    def cut_after(self, step: int) -> None:
+        """Drop lines a killed run wrote after its last checkpoint (atomic rewrite)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
+
+
+def _check_run_folder(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out}: exists and is not a folder")
+    if resume:
+        if not (out / LAST).is_file():
+            raise RunError(f"{out / LAST}: not found, nothing to resume")
+        return
+    for name in (LAST, BEST, METRICS):
+        if (out / name).exists():
+            raise RunError(f"{out}: already holds a run ({name}); pass --resume to continue it "
+                           "or choose a new --out")
+
+
+def _check_resume(config: TrainConfig, state: dict[str, Any], release: Release, world_size: int,
+                  path: Path) -> None:
+    """A resumed run must compute what the interrupted one would have."""
+    saved = TrainConfig.from_dict(state["config"])
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in TrainConfig.RESUMABLE_CHANGES:
+            continue
+        if getattr(saved, f.name) != getattr(config, f.name):
+            raise RunError(f"{path}: {f.name} was {getattr(saved, f.name)!r}, now "
+                           f"{getattr(config, f.name)!r}; a resumed run keeps its settings")
+    if state["release"]["manifest_digest"] != release.manifest.digest():
+        raise RunError(f"{path}: trained on release {state['release']['dataset_id']} "
+                       f"(manifest {state['release']['manifest_digest'][:12]}), not the one in {release.root}")
+    if state["world_size"] != world_size:
+        raise RunError(f"{path}: written by {state['world_size']} processes; resume with the same "
+                       f"number (now {world_size}) so every step sees the same batches")
+
+
+# -- a whole run -----------------------------------------------------------------------------
+
+def train(config: TrainConfig, *, resume: bool = False, device: str | None = None) -> dict[str, Any]:
+    """Train on a release as `config` says; with `resume`, continue `config.out/last.pt`.
+
+    Returns a summary: epochs and steps done, the last and the best validation metrics and
+    the run folder. Raises ManifestError / ShardError (the release), CheckpointError and
+    RunError (the run folder), ValueError (settings) with one-line messages.
+    """
+    runtime = start_runtime(device)
+    out = Path(config.out)
+    _main_decides(runtime, lambda: _check_run_folder(out, resume))
+    splits = [config.train_split] + ([config.val_split] if config.val_split else [])
+    if config.verify_digests:
+        _main_decides(runtime, lambda: open_release(config.shards, splits, verify_digests=True))
+    release = open_release(config.shards, splits)
+    if not release.cipher.encrypted:
+        log.warning("%s: cipher none, plain images: a baseline, not an encrypted release", release.root)
+    if config.amp and runtime.device.type != "cuda":
+        log.warning("--amp: bf16 autocast is for CUDA; this %s run stays in float32", runtime.device.type)
+
+    state = load_checkpoint(out / LAST) if resume else None
+    if state is not None:
+        _check_resume(config, state, release, runtime.world_size, out / LAST)
+
+    torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
+    criterion, head_width = _build_loss(config, release.num_classes)
+    name, kwargs, model = build_model(config.model, release, head_width, config.model_kwargs)
+    mean, std = _normalisation(model)
+    model.to(runtime.device)
+    criterion.to(runtime.device)
+
+    pin = runtime.device.type == "cuda"
+    train_loader = ShardLoader(release, config.train_split, batch_size=config.batch_size, train=True,
+                               workers=config.workers, shuffle_buffer=config.shuffle_buffer,
+                               seed=config.seed, rank=runtime.rank, world_size=runtime.world_size,
+                               pin_memory=pin)
+    val_loader = None
+    if config.val_split:
+        val_loader = ShardLoader(release, config.val_split, batch_size=config.batch_size, train=False,
+                                 workers=config.workers, rank=runtime.rank,
+                                 world_size=runtime.world_size, pin_memory=pin)
+    steps_per_epoch = len(train_loader)
+
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=config.lr,
+                                               weight_decay=config.weight_decay)
+    # Linear warm-up to lr, then a cosine to min_lr that ends with the last epoch.
+    warmup = min(config.warmup_epochs, config.epochs - 1)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=config.epochs - warmup, warmup_epochs=warmup,
+        warmup_prefix=True, warmup_lr=min(1e-6, config.lr), min_lr=config.min_lr,
+        step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+
+    epoch, skip, step, best, last_val = 0, 0, 0, None, None
+    metrics = MetricsLog(out / METRICS, runtime.main)
+    if state is not None:
+        with _loading(out / LAST):
+            model.load_state_dict(state["weights"])
+            criterion.load_state_dict(state["criterion"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        epoch, skip, step = state["epoch"], state["batch_in_epoch"], state["step"]
+        best, last_val = state["best_top1"], state["val"]
+        scheduler.step_update(num_updates=step)
+        metrics.cut_after(step)
+        if runtime.main:
+            for stale in out.glob(".*.pt.*.tmp"):  # a checkpoint write cut short by a kill
+                stale.unlink()
+        log.info("resuming %s at epoch %d, step %d", out / LAST, epoch + 1, step)
+    elif runtime.main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    record = release_record(release.manifest)
+    train_model = model
+    if runtime.distributed:
+        ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    augment = BatchTransform(release.cipher, release.num_classes, mean, std, runtime.device,
+                             augment=config.augmentation(), label_smoothing=config.label_smoothing)
+    plain = BatchTransform(release.cipher, release.num_classes, mean, std, runtime.device)
+
+    if state is None and runtime.main:
+        settings = {"config": config.to_dict(), "model": {"name": name, "kwargs": kwargs},
+                    "release": record, "world_size": runtime.world_size,
+                    "steps_per_epoch": steps_per_epoch, "normalize": {"mean": mean, "std": std}}
+        atomic_write_bytes(out / CONFIG, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
+        metrics.write({"event": "config", "step": 0, **settings})
+
+    def snapshot(epoch_now: int, batch_in_epoch: int, step_now: int, full: bool = True) -> dict[str, Any]:
+        """The run's state; `full` adds optimizer, scheduler and every rank's RNG (a collective)."""
+        snap = {"model": {"name": name, "kwargs": kwargs}, "weights": model.state_dict(),
+                "criterion": criterion.state_dict(), "config": config.to_dict(), "release": record,
+                "normalize": {"mean": mean, "std": std}, "epoch": epoch_now,
+                "batch_in_epoch": batch_in_epoch, "step": step_now, "steps_per_epoch": steps_per_epoch,
+                "world_size": runtime.world_size, "best_top1": best, "val": last_val}
+        if full:
+            snap.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        rng=runtime.gather(capture_rng()))
+        return snap
+
+    def save_last(epoch_now: int, batch_in_epoch: int, step_now: int) -> None:
+        snap = snapshot(epoch_now, batch_in_epoch, step_now)  # on every rank: it gathers RNG states
+        if runtime.main:
+            save_checkpoint(out / LAST, snap)
+
+    started = time.perf_counter()
+    for epoch in range(epoch, config.epochs):
+        if skip:
+            restore_rng(state["rng"][runtime.rank])
+        else:
+            _seed_augmentation(config.seed, epoch, runtime.rank)
+        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}",
+                   unit="batch", disable=not (config.progress and runtime.main), dynamic_ncols=True,
+                   leave=False)
+        tick = [time.perf_counter(), step]
+
+        def on_step(step_now: int, index: int, loss: torch.Tensor, lr: float, epoch: int = epoch) -> None:
+            bar.update(1)
+            if step_now % config.log_every == 0:
+                value = float(loss)
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"loss is {value} at step {step_now}; lower --lr or "
+                                             "--clip-grad and resume from last.pt")
+                now = time.perf_counter()
+                rate = (step_now - tick[1]) * config.batch_size * runtime.world_size / max(now - tick[0], 1e-9)
+                tick[:] = [now, step_now]
+                metrics.write({"event": "train", "epoch": epoch + 1, "step": step_now, "loss": value,
+                               "lr": lr, "images_per_s": round(rate, 1)})
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+            if config.checkpoint_every and step_now % config.checkpoint_every == 0 \
+                    and index < steps_per_epoch:
+                save_last(epoch, index, step_now)
+
+        epoch_start, resumed_at = time.perf_counter(), skip
+        result = train_one_epoch(train_model, criterion, train_loader.epoch(epoch, skip=skip), augment,
+                                 optimizer, scheduler, device=runtime.device, step=step, amp=config.amp,
+                                 clip_grad=config.clip_grad, on_step=on_step)
+        bar.close()
+        step, skip = result["step"], 0
+        loss_sum, samples = runtime.sum([result["loss_sum"], result["samples"]])
+        summary: dict[str, Any] = {"event": "epoch", "epoch": epoch + 1, "step": step,
+                                   "train_loss": loss_sum / max(samples, 1), "train_samples": int(samples),
+                                   "batches_per_rank": runtime.gather(result["batches"]),
+                                   **({"resumed_at_batch": resumed_at} if resumed_at else {}),
+                                   "seconds": round(time.perf_counter() - epoch_start, 3)}
+        if val_loader is not None:
+            last_val = evaluate(model, criterion, val_loader.epoch(0), plain, device=runtime.device,
+                                amp=config.amp, runtime=runtime)
+            summary.update({f"val_{k}": v for k, v in last_val.items()})
+            if best is None or last_val["top1"] > best:
+                best = last_val["top1"]  # all-reduced: every rank agrees
+                if runtime.main:
+                    save_checkpoint(out / BEST, snapshot(epoch + 1, 0, step, full=False))
+        metrics.write(summary)
+        save_last(epoch + 1, 0, step)
+        if runtime.main:
+            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items() if k != "event"}
+            log.info("epoch %d/%d %s", epoch + 1, config.epochs, json.dumps(shown))
+
+    return {"out": str(out), "epochs": config.epochs, "step": step, "best_top1": best, "val": last_val,
+            "seconds": round(time.perf_counter() - started, 3), "world_size": runtime.world_size}
+
+
+@contextmanager
+def _loading(path: str | os.PathLike) -> Iterator[None]:
+    """Report a checkpoint whose contents do not fit this code as one line naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: does not hold a run this code can load ({reason})") from None
+
+
+def _main_decides(runtime: Runtime, check: Callable[[], Any]) -> None:
+    """Run `check` on rank 0 only and raise its error on every rank.
+
+    For checks that read or hash files once (run folder, --verify-digests) and must not
+    race with rank 0 creating the run folder.
+    """
+    error = None
+    if runtime.main:
+        try:
+            check()
+        except ValueError as e:
+            error = (type(e), str(e))
+    if runtime.distributed:
+        error = runtime.gather(error)[0]
+    if error is not None:
+        raise error[0](error[1])
+
+
+# -- scoring a saved model -------------------------------------------------------------------
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, shards: str | os.PathLike, split: str = "val", *,
+                        batch_size: int | None = None, workers: int = 0, verify_digests: bool = False,
+                        device: str | None = None) -> dict[str, Any]:
+    """Score `checkpoint` on a release's split: loss, top-1, top-5, samples.
+
+    Refuses (CheckpointError) a checkpoint trained on another cipher geometry or class count.
+    """
+    runtime = start_runtime(device)
+    state = load_checkpoint(checkpoint)
+    release = open_release(shards, (split,), verify_digests=verify_digests)
+    with _loading(checkpoint):
+        check_release(state, release.manifest, checkpoint)
+        config = TrainConfig.from_dict(state["config"])
+        model = create_model(state["model"]["name"], state["model"]["kwargs"])
+        model.load_state_dict(state["weights"])
+        criterion, _ = _build_loss(config, release.num_classes)
+        criterion.load_state_dict(state["criterion"])
+    model.to(runtime.device)
+    criterion.to(runtime.device)
+    transform = BatchTransform(release.cipher, release.num_classes, state["normalize"]["mean"],
+                               state["normalize"]["std"], runtime.device)
+    loader = ShardLoader(release, split, batch_size=batch_size or config.batch_size, train=False,
+                         workers=workers, rank=runtime.rank, world_size=runtime.world_size,
+                         pin_memory=runtime.device.type == "cuda")
+    result = evaluate(model, criterion, loader.epoch(0), transform, device=runtime.device,
+                      amp=config.amp, runtime=runtime)
+    return {"checkpoint": str(checkpoint), "split": split, "epoch": state["epoch"],
+            "step": state["step"], **result}

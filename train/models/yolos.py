@@ -1,0 +1,241 @@
+"""YOLOS-style detector: a timm ViT whose extra detection tokens each predict one object.
+
+YOLOS ("You Only Look at One Sequence") keeps the plain ViT and appends N learnable
+detection tokens, with their own position embeddings, to the class and patch tokens. After
+the last block each detection token goes through two MLP heads: class logits (object
+classes plus "no object") and a normalised (cx, cy, w, h) box. Training matches tokens to
+objects one-to-one (``train.matcher``, ``train.detection_losses``).
+
+Detection needs positions, so it runs on ``mix`` shards (positions kept) with MI-ViT's
+``MixedPatchEmbed``, or on the plain ``none`` baseline with timm's ``PatchEmbed``. The
+backbone is built with ``dynamic_img_size``: its patch position embeddings are interpolated
+(timm's ``resample_abs_pos_embed``) to whatever grid the input image has, so a detector made
+for one image size reads shards of another, and ``load_backbone`` resamples a checkpoint's
+position embeddings to this model's grid. Names follow timm's and describe the plain image:
+``yolos_mivit_tiny_patch16_224`` takes the 112 px mixed image of a 224 px image.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
+from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer
+
+from train.models.mivit import create_mivit
+
+__all__ = ["SIZES", "YOLOS", "detector_for_cipher"]
+
+SIZES = ("nano", "tiny", "small", "base")
+_DIMS = {
+    "nano": dict(embed_dim=128, depth=4, num_heads=4),  # tests and CPU benchmarks
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+}
+_FAMILY = {"none": "vit", "mix": "mivit"}
+
+
+class MLP(nn.Sequential):
+    """``layers`` linear layers with ReLU between them (the DETR/YOLOS prediction head)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 3) -> None:
+        dims = [in_dim] + [hidden_dim] * (layers - 1)
+        modules: list[nn.Module] = []
+        for a, b in zip(dims, dims[1:]):
+            modules += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+        super().__init__(*modules, nn.Linear(dims[-1], out_dim))
+
+
+class YOLOS(nn.Module):
+    """A ViT backbone plus ``num_det_tokens`` detection tokens and class/box heads.
+
+    ``forward(images)`` returns ``pred_logits`` (B, N, num_classes + 1; the last class is
+    "no object"), ``pred_boxes`` (B, N, 4) normalised (cx, cy, w, h) in [0, 1], and, with
+    ``aux_loss``, ``aux_outputs``: the same for the detection tokens after each earlier block.
+    """
+
+    def __init__(self, backbone: VisionTransformer, num_classes: int, num_det_tokens: int = 100,
+                 aux_loss: bool = False) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if num_det_tokens < 1:
+            raise ValueError(f"num_det_tokens must be at least 1, got {num_det_tokens}")
+        if backbone.pos_embed is None:
+            raise ValueError("YOLOS needs a backbone with absolute position embeddings")
+        self.backbone = backbone
+        self.num_classes, self.num_det_tokens, self.aux_loss = num_classes, num_det_tokens, aux_loss
+        dim = backbone.embed_dim
+        self.det_token = nn.Parameter(torch.zeros(1, num_det_tokens, dim))
+        self.det_pos_embed = nn.Parameter(torch.zeros(1, num_det_tokens, dim))
+        trunc_normal_(self.det_token, std=0.02)
+        trunc_normal_(self.det_pos_embed, std=0.02)
+        self.class_embed = MLP(dim, dim, num_classes + 1)
+        self.bbox_embed = MLP(dim, dim, 4)
+        self.pretrained_cfg = getattr(backbone, "pretrained_cfg", {})
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Tokens and position embeddings are not decayed (timm's optimizer factory reads this)."""
+        return {"det_token", "det_pos_embed", *(f"backbone.{n}" for n in self.backbone.no_weight_decay())}
+
+    def _heads(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"pred_logits": self.class_embed(tokens), "pred_boxes": self.bbox_embed(tokens).sigmoid()}
+
+    def forward(self, images: torch.Tensor) -> dict[str, Any]:
+        vit = self.backbone
+        x = vit.patch_embed(images)
+        x = vit._pos_embed(x)  # class token + patch position embeddings, resampled to the grid
+        x = vit.norm_pre(vit.patch_drop(x))
+        det = (self.det_token + self.det_pos_embed).expand(x.shape[0], -1, -1)
+        x = torch.cat([x, det], dim=1)
+        aux = []
+        for i, block in enumerate(vit.blocks):
+            x = block(x)
+            if self.aux_loss and i < len(vit.blocks) - 1:
+                aux.append(self._heads(vit.norm(x[:, -self.num_det_tokens:])))
+        out = self._heads(vit.norm(x)[:, -self.num_det_tokens:])
+        if self.aux_loss:
+            out["aux_outputs"] = aux
+        return out
+
+    def load_backbone(self, state_dict: Mapping[str, torch.Tensor], strict: bool = False) -> list[str]:
+        """Load ViT weights (e.g. a classification run's) into the backbone, position
+        embeddings resampled to this model's grid; returns the keys that were not loaded."""
+        vit = self.backbone
+        state = {k.removeprefix("backbone."): v for k, v in state_dict.items()}
+        if "pos_embed" in state and state["pos_embed"].shape != vit.pos_embed.shape:
+            prefix = vit.num_prefix_tokens
+            old = state["pos_embed"].shape[1] - prefix
+            side = int(round(old ** 0.5))
+            if side * side != old:
+                raise ValueError(f"pos_embed with {old} patch positions is not a square grid")
+            state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], list(vit.patch_embed.grid_size),
+                                                        old_size=[side, side], num_prefix_tokens=prefix)
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        result = vit.load_state_dict(state, strict=strict)
+        return list(result.missing_keys)
+
+
+def _create_yolos(variant: str, pretrained: bool, mixed: bool, *, num_classes: int = 80,
+                  num_det_tokens: int = 100, aux_loss: bool = False, **kwargs: Any) -> YOLOS:
+    """Build the backbone through timm (MI-ViT for ``mix``, plain ViT otherwise), then YOLOS."""
+    if pretrained:
+        raise ValueError(f"{variant}: no pretrained weights exist; use pretrained=False")
+    kwargs.update(num_classes=0, global_pool="", dynamic_img_size=True)
+    if mixed:
+        backbone = create_mivit(variant, False, **kwargs)
+    else:
+        backbone = build_model_with_cfg(VisionTransformer, variant, pretrained=False, **kwargs)
+    model = YOLOS(backbone, num_classes, num_det_tokens, aux_loss)
+    model.default_cfg = model.pretrained_cfg
+    return model
+
+
+def _cfg(input_size: tuple[int, int, int]) -> dict[str, Any]:
+    return {"url": "", "num_classes": 80, "input_size": input_size, "pool_size": None, "crop_pct": 1.0,
+            "interpolation": "bicubic", "fixed_input_size": False, "mean": IMAGENET_INCEPTION_MEAN,
+            "std": IMAGENET_INCEPTION_STD, "first_conv": "backbone.patch_embed.proj",
+            "classifier": "class_embed", "license": "apache-2.0"}
+
+
+default_cfgs = generate_default_cfgs({
+    "yolos_mivit_nano_patch8_64.untrained": _cfg((3, 32, 32)),
+    "yolos_mivit_tiny_patch16_224.untrained": _cfg((3, 112, 112)),
+    "yolos_mivit_small_patch16_224.untrained": _cfg((3, 112, 112)),
+    "yolos_mivit_base_patch16_224.untrained": _cfg((3, 112, 112)),
+    "yolos_vit_nano_patch8_64.untrained": _cfg((3, 64, 64)),
+    "yolos_vit_tiny_patch16_224.untrained": _cfg((3, 224, 224)),
+    "yolos_vit_small_patch16_224.untrained": _cfg((3, 224, 224)),
+    "yolos_vit_base_patch16_224.untrained": _cfg((3, 224, 224)),
+})
+
+
+@register_model
+def yolos_mivit_nano_patch8_64(pretrained: bool = False, **kwargs: Any) -> YOLOS:
+    """YOLOS on MI-ViT, 4 blocks of width 128, patch 8, sub-patch 4: the 32 px mixed image of 64 px."""
+    args = dict(patch_size=8, sub_patch=4, img_size=64, **_DIMS["nano"])
+    return _create_yolos("yolos_mivit_nano_patch8_64", pretrained, True, **dict(args, **kwargs))
+
+
+@register_model
+def yolos_mivit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> YOLOS:
+    """YOLOS on MI-ViT-Ti/16, sub-patch 8: the 112 px mixed image of a 224 px image."""
+    args = dict(patch_size=16, sub_patch=8, img_size=224, **_DIMS["tiny"])
+    return _create_yolos("yolos_mivit_tiny_patch16_224", pretrained, True, **dict(args, **kwargs))
+
+
+@register_model
+def yolos_mivit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> YOLOS:
+    """YOLOS on MI-ViT-S/16, sub-patch 8."""
+    args = dict(patch_size=16, sub_patch=8, img_size=224, **_DIMS["small"])
+    return _create_yolos("yolos_mivit_small_patch16_224", pretrained, True, **dict(args, **kwargs))
+
+
+@register_model
+def yolos_mivit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> YOLOS:
+    """YOLOS on MI-ViT-B/16, sub-patch 8."""
+    args = dict(patch_size=16, sub_patch=8, img_size=224, **_DIMS["base"])
+    return _create_yolos("yolos_mivit_base_patch16_224", pretrained, True, **dict(args, **kwargs))
+
+
+@register_model
+def yolos_vit_nano_patch8_64(pretrained: bool = False, **kwargs: Any) -> YOLOS:
+    """Plain-image baseline of ``yolos_mivit_nano_patch8_64`` (same widths, same token grid)."""
+    args = dict(patch_size=8, img_size=64, **_DIMS["nano"])
+    return _create_yolos("yolos_vit_nano_patch8_64", pretrained, False, **dict(args, **kwargs))
+
+
+@register_model
+def yolos_vit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> YOLOS:
+    """Plain-image baseline: YOLOS on ViT-Ti/16."""
+    args = dict(patch_size=16, img_size=224, **_DIMS["tiny"])
+    return _create_yolos("yolos_vit_tiny_patch16_224", pretrained, False, **dict(args, **kwargs))
+
+
+@register_model
+def yolos_vit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> YOLOS:
+    """Plain-image baseline: YOLOS on ViT-S/16."""
+    args = dict(patch_size=16, img_size=224, **_DIMS["small"])
+    return _create_yolos("yolos_vit_small_patch16_224", pretrained, False, **dict(args, **kwargs))
+
+
+@register_model
+def yolos_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> YOLOS:
+    """Plain-image baseline: YOLOS on ViT-B/16."""
+    args = dict(patch_size=16, img_size=224, **_DIMS["base"])
+    return _create_yolos("yolos_vit_base_patch16_224", pretrained, False, **dict(args, **kwargs))
+
+
+def detector_for_cipher(cipher: Mapping[str, Any], num_classes: int, size: str = "tiny",
+                        num_det_tokens: int = 100, aux_loss: bool = False) -> tuple[str, dict[str, Any]]:
+    """``(timm name, create_model kwargs)`` of the detector that reads a release's images.
+
+    ``cipher`` is a manifest's cipher dict. ``mix`` → YOLOS on MI-ViT (patch p, sub-patch s,
+    plain image size), ``none`` → YOLOS on a plain ViT (patch p); shuffled modes cannot carry
+    boxes. The kwargs spell out the geometry, so the name only fixes the width.
+    """
+    mode = cipher.get("mode")
+    if mode not in _FAMILY:
+        raise ValueError(f"cipher mode {mode!r} cannot be used for detection "
+                         "(shuffled patches lose positions); use mix or none")
+    if size not in SIZES:
+        raise ValueError(f"detector size {size!r} is not one of {list(SIZES)}")
+    image = cipher["image_size"]
+    height, width = (image, image) if isinstance(image, int) else (int(image[0]), int(image[1]))
+    patch = int(cipher["patch"])
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "num_det_tokens": num_det_tokens,
+                              "aux_loss": aux_loss, "in_chans": int(cipher.get("channels", 3)),
+                              "patch_size": patch, "img_size": height if height == width else (height, width)}
+    if mode == "mix":
+        kwargs["sub_patch"] = int(cipher["sub_patch"])
+    family = _FAMILY[mode]
+    exact = f"yolos_{family}_{size}_patch{patch}_{height}"
+    names = [exact] if height == width and timm.is_model(exact) else timm.list_models(f"yolos_{family}_{size}_*")
+    return names[0], kwargs
