@@ -10,12 +10,21 @@ tiles of a row-major grid: token i sits at row i // cols, column i % cols.
 - mix:         each p×p patch becomes the mean of its (p/s)² s×s sub-patches; the result is
                stored as the smaller (H·s/p)×(W·s/p) image, positions kept (no key).
 - mix-shuffle: mix, then shuffle the s×s tiles of the mixed image.
+
+Hardened building blocks (docs/privacy.md measures every combination):
+- scramble_tiles: one fixed permutation of the t·t·C values inside every tile, the same for
+               every tile of every image of a dataset (a per-dataset secret). A linear patch
+               embedding absorbs it exactly; a statistics attack over many images can undo it
+               (audit/attacks/statistics.py).
+- orient_tiles: each tile turned by its own element of the dihedral group D4 (8 flips and
+               quarter turns), drawn per image; models use an embedding invariant to D4.
 """
 from __future__ import annotations
 
 import numpy as np
 
 MODES = ("shuffle", "mix", "mix-shuffle")
+DIHEDRAL = 8  # elements of D4: k < 4 is k quarter turns; k >= 4 mirrors first, then k - 4 turns
 
 
 def _check_grid(h: int, w: int, tile: int, what: str = "patch") -> tuple[int, int]:
@@ -132,6 +141,81 @@ def mix_shuffle(img: np.ndarray, perm, patch: int, sub_patch: int) -> np.ndarray
 def unshuffle_mixed(img: np.ndarray, perm, sub_patch: int) -> np.ndarray:
     """Undo the shuffle of mix_shuffle, giving back the mixed image (mixing is not invertible)."""
     return unshuffle(img, perm, sub_patch)
+
+
+def _tile_grid(img: np.ndarray, tile: int) -> tuple[np.ndarray, bool, int, int]:
+    """(tokens (..., N, t, t, C), squeeze flag, rows, cols) of an image or batch."""
+    x, squeeze = _with_channels(np.asarray(img))
+    *_, h, w, _ = x.shape
+    rows, cols = _check_grid(h, w, tile)
+    return to_tokens(x, tile), squeeze, rows, cols
+
+
+def _untile(tokens: np.ndarray, squeeze: bool, rows: int, cols: int) -> np.ndarray:
+    out = from_tokens(tokens, rows, cols)
+    return out[..., 0] if squeeze else out
+
+
+def scramble_length(tile: int, channels: int) -> int:
+    """Values inside one tile: the length of a scramble permutation."""
+    return tile * tile * channels
+
+
+def scramble_tiles(img: np.ndarray, perm, tile: int) -> np.ndarray:
+    """Reorder the t·t·C values of every tile by one permutation: out value k = in value perm[k].
+
+    Values are numbered row-major over (row, column, channel) inside the tile.
+    """
+    tokens, squeeze, rows, cols = _tile_grid(img, tile)
+    perm = np.asarray(perm, dtype=np.intp)
+    size = scramble_length(tile, tokens.shape[-1])
+    if perm.shape != (size,):
+        raise ValueError(f"scramble permutation has {perm.size} entries, a {tile}x{tile}x{tokens.shape[-1]} "
+                         f"tile has {size} values")
+    flat = tokens.reshape(*tokens.shape[:-3], size)[..., perm]
+    return _untile(flat.reshape(tokens.shape), squeeze, rows, cols)
+
+
+def unscramble_tiles(img: np.ndarray, perm, tile: int) -> np.ndarray:
+    """Undo scramble_tiles with the same permutation (byte-exact)."""
+    return scramble_tiles(img, _inverse(perm), tile)
+
+
+def _turn(tokens: np.ndarray, k: int) -> np.ndarray:
+    """Apply D4 element k to the (t, t) axes of (..., t, t, C) tiles."""
+    if k >= 4:
+        tokens = tokens[..., :, ::-1, :]
+    return np.rot90(tokens, k % 4, axes=(-3, -2))
+
+
+def dihedral_inverse(k: int) -> int:
+    """The element that undoes k: mirrors are their own inverse, turns go back."""
+    return k if k >= 4 else (-k) % 4
+
+
+def orient_tiles(img: np.ndarray, orientations, tile: int) -> np.ndarray:
+    """Turn tile i by D4 element orientations[i] (0..7); one row of orientations per image of a batch."""
+    tokens, squeeze, rows, cols = _tile_grid(img, tile)
+    if tile != tokens.shape[-2]:
+        raise ValueError(f"orient_tiles needs square tiles, got {tokens.shape[-3:-1]}")
+    k = np.asarray(orientations, dtype=np.intp)
+    if k.shape[-1] != rows * cols or k.ndim > tokens.ndim - 3:
+        raise ValueError(f"{k.shape[-1]} orientations for an image of {rows * cols} tiles")
+    if k.size and (k.min() < 0 or k.max() >= DIHEDRAL):
+        raise ValueError(f"orientations must lie in 0..{DIHEDRAL - 1}")
+    k = np.broadcast_to(k, tokens.shape[:-3])
+    out = np.empty_like(tokens)
+    for element in range(DIHEDRAL):
+        chosen = k == element
+        if chosen.any():
+            out[chosen] = _turn(tokens[chosen], element)
+    return _untile(out, squeeze, rows, cols)
+
+
+def unorient_tiles(img: np.ndarray, orientations, tile: int) -> np.ndarray:
+    """Undo orient_tiles with the same orientations (byte-exact)."""
+    inverse = np.vectorize(dihedral_inverse, otypes=[np.intp])(np.asarray(orientations, dtype=np.intp))
+    return orient_tiles(img, inverse, tile)
 
 
 def stored_size(mode: str, h: int, w: int, patch: int, sub_patch: int | None) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """encrypt-dataset: the data owner's command. Thin click wrapper over encrypt.main."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -189,6 +190,15 @@ def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch,
     _report(summary, out)
 
 
+@contextlib.contextmanager
+def _file_errors_as_bad_input():
+    """A disk error (full, read-only, permissions) during decrypt or forget: one line, exit 2."""
+    try:
+        yield
+    except OSError as exc:
+        raise BadInput(f"{exc.filename or 'file system'}: {exc.strerror or exc}") from None
+
+
 @cli.command()
 @click.argument("out", type=click.Path(path_type=Path))
 @click.argument("dest", type=click.Path(path_type=Path))
@@ -210,7 +220,8 @@ def decrypt(out, dest, keystore, passphrase_file, ids, quiet):
     """
     wanted = [i.strip() for item in ids for i in item.split(",") if i.strip()] or None
     store = _open_keystore(keystore, passphrase_file)
-    summary = decrypt_release(out, dest, store, ids=wanted, progress=not quiet)
+    with _file_errors_as_bad_input():
+        summary = decrypt_release(out, dest, store, ids=wanted, progress=not quiet)
     extra = "" if summary.named_by == "path" else " (no sealed index in the keystore: files are named by sample id)"
     click.echo(f"decrypted {summary.samples} {summary.mode} samples into {summary.dest}{extra}")
     if summary.mode == "mix-shuffle":
@@ -234,7 +245,8 @@ def forget(out, keystore, passphrase_file, paths, quiet):
       encrypt-dataset forget ~/release --keystore ~/pv-keys --path train/coat/0001.png
     """
     store = _open_keystore(keystore, passphrase_file)
-    summary = forget_samples(out, store, paths, progress=not quiet)
+    with _file_errors_as_bad_input():
+        summary = forget_samples(out, store, paths, progress=not quiet)
     if not summary.removed:
         click.echo(f"nothing to remove: the {summary.already_absent} sample(s) of these paths are "
                    f"not in {out}; manifest unchanged")

@@ -72,14 +72,20 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
     _fsync_dir(path.parent)
 
 
-@dataclass
+@dataclass(repr=False)
 class _Generation:
-    """One signing key and the master secret it was issued with."""
+    """One signing key and the master secret it was issued with; ``repr`` shows the key id only."""
 
     signing_key: Ed25519PrivateKey
     master: bytes | None          # None once ``destroy`` erased it
     created: str
     pinned: dict[str, bytes] = field(default_factory=dict)  # dataset id -> dataset key
+
+    def __repr__(self) -> str:
+        return f"_Generation(key_id={self.key_id!r}, created={self.created!r})"
+
+    def __reduce__(self):
+        raise TypeError("keystore secrets cannot be pickled")
 
     @property
     def public_key(self) -> bytes:

@@ -217,6 +217,21 @@ def test_destroy_crypto_erases_one_dataset_and_keeps_the_others(store, store_dir
     assert verify_chain(store_dir / "custody.log", root_identity(reopened)).ok
 
 
+def test_no_secret_shows_in_any_repr_after_rotation_and_destroy(store, store_dir):
+    store.rotate()
+    store.dataset_key("fm-a")
+    store.dataset_key("fm-c")
+    store.destroy("fm-a")  # both masters derived fm-a: pinned keys, one erased, one fresh master
+    secrets = sealed_secrets(store_dir, PASSPHRASE)
+    values = [g[k] for g in secrets["generations"] for k in ("master", "signing_key") if g[k]]
+    values += [v for g in secrets["generations"] for v in g["pinned"].values()]
+    assert len(values) == 5  # 2 signing keys, 1 fresh master, fm-b and fm-c pinned
+    shown = repr(store) + repr(vars(store)) + str(store.public_identity())
+    for value in values:
+        assert value not in shown and base64.b64decode(value).hex() not in shown
+        assert repr(base64.b64decode(value)) not in shown
+
+
 def test_destroy_refuses_unknown_and_repeated_datasets(store, store_dir):
     with pytest.raises(KeystoreError, match="'never-made': no key of it was ever derived"):
         store.destroy("never-made")

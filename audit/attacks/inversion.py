@@ -87,14 +87,24 @@ def _gradient_penalty(height: int, width: int) -> sp.csr_matrix:
     return (dy.T @ dy + dx.T @ dx).tocsr()
 
 
+# Geometries up to this many plain pixels keep the whole inverse as a dense matrix (fast
+# for thousands of small images); larger ones solve with the sparse factorisation.
+_DENSE_PIXELS = 4096
+
+
 @functools.lru_cache(maxsize=8)
 def _solver(height: int, width: int, patch: int, sub_patch: int, smoothness: float):
-    """Factorised normal equations (AᵀA + λ DᵀD) for one geometry, and Aᵀ."""
+    """y (stored pixels × m) → x (plain pixels × m) for the normal equations
+    (AᵀA + λ DᵀD) x = Aᵀ y of one geometry."""
     a = mixing_matrix(height, width, patch, sub_patch)
     k2 = (patch // sub_patch) ** 2
     # Scale A so a stored pixel is the mean (rows sum to 1) and λ is geometry-independent.
     normal = (a.T @ a) * k2 + smoothness * _gradient_penalty(height, width)
-    return splu(normal.tocsc()), (a.T * k2).tocsr()
+    lu, at = splu(normal.tocsc()), (a.T * k2).tocsr()
+    if height * width <= _DENSE_PIXELS:
+        inverse = lu.solve(at.toarray())
+        return lambda y: inverse @ y
+    return lambda y: lu.solve(np.ascontiguousarray(at @ y))
 
 
 def upsample(mixed: np.ndarray, patch: int, sub_patch: int, method: str = "nearest") -> np.ndarray:
@@ -115,9 +125,8 @@ def upsample(mixed: np.ndarray, patch: int, sub_patch: int, method: str = "neare
 def _deconvolve_float(x: np.ndarray, h: int, w: int, patch: int, sub_patch: int,
                       smoothness: float) -> np.ndarray:
     n, sh, sw, c = x.shape
-    lu, at = _solver(h, w, patch, sub_patch, float(smoothness))
-    rhs = at @ x.transpose(1, 2, 0, 3).reshape(sh * sw, n * c)
-    sol = lu.solve(np.ascontiguousarray(rhs))
+    solve = _solver(h, w, patch, sub_patch, float(smoothness))
+    sol = solve(x.transpose(1, 2, 0, 3).reshape(sh * sw, n * c))
     return sol.reshape(h, w, n, c).transpose(2, 0, 1, 3)
 
 
@@ -153,8 +162,11 @@ class Upsampler(nn.Module):
         for d in dilations:
             layers += [nn.Conv2d(c_in, width, 3, padding=d, dilation=d), nn.GELU()]
             c_in = width
-        layers.append(nn.Conv2d(width, channels, 3, padding=1))
-        self.body = nn.Sequential(*layers)
+        last = nn.Conv2d(width, channels, 3, padding=1)
+        # Zero-initialised output: an untrained net is exactly the deconvolution.
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.body = nn.Sequential(*layers, last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """N×C×H×W deconvolved image in 0..1 → corrected image in 0..1."""

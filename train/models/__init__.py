@@ -11,7 +11,7 @@ from typing import Any
 
 import timm
 
-from train.models import mivit, pevit, rpe  # noqa: F401  (registers the models with timm)
+from train.models import dihedral, mivit, pevit, rpe  # noqa: F401  (registers the models with timm)
 from train.models.mivit import MixedPatchEmbed
 from train.models.rpe import ReferencePositionalEncoding, RPEPatchEmbed
 
