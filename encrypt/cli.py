@@ -40,6 +40,8 @@ def one_line_errors(fn):
             return fn(*args, **kwargs)
         except (InputError, KeystoreError, ManifestError, ValueError) as exc:
             raise BadInput(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        except OSError as exc:  # disk full, permission denied, ...: name the file, not a traceback
+            raise BadInput(f"{exc.filename or 'output'}: {exc.strerror or type(exc).__name__}") from None
     return wrapper
 
 

@@ -94,7 +94,7 @@ def encrypt_shard(task: ShardTask, settings: JobSettings, dataset_key, out_dir: 
             except DecodeError as exc:
                 skipped.append(Skipped(item.split, item.rel_path, str(exc)))
                 continue
-            skipped.extend(Skipped(item.split, item.rel_path, note) for note in notes)
+            skipped.extend(Skipped(item.split, item.rel_path, note, whole_sample=False) for note in notes)
             writer.write(sample.key, encrypt_sample(pixels, sample, settings, dataset_key), ext,
                          cls=item.label, meta=meta)
         entry = writer.close()

@@ -170,11 +170,8 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
 
 
 def _index_entries(tasks, skipped: list[Skipped]) -> dict[str, dict]:
-    """Sample key → {split, rel_path, view} for every planned sample that was written.
-
-    A sample the job left out appears in `skipped` with a reason other than a dropped-box note.
-    """
-    left_out = {(s.split, s.rel_path) for s in skipped if not s.reason.startswith("annotation dropped")}
+    """Sample key → {split, rel_path, view} for every planned sample that was written."""
+    left_out = {(s.split, s.rel_path) for s in skipped if s.whole_sample}
     return {s.key: {"split": s.split, "rel_path": s.item.rel_path, "view": s.view}
             for task in tasks for s in task.samples if (s.split, s.item.rel_path) not in left_out}
 

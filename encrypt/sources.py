@@ -32,11 +32,15 @@ class SourceItem:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A sample left out, with why. Owner-side only: it names paths."""
+    """Something left out, with why: a whole sample, or only one of its annotations.
+
+    Owner-side only: it names paths.
+    """
 
     split: str
     rel_path: str
     reason: str
+    whole_sample: bool = True  # False: the sample was written, one annotation was dropped
 
 
 @dataclass
