@@ -62,7 +62,7 @@ class Recognizer:
 
 
 def train_recognizer(images: np.ndarray, labels: np.ndarray, *, epochs: int = 3,
-                     batch_size: int = 64, lr: float = 5e-3, width: int = 32,
+                     batch_size: int = 64, lr: float = 5e-3, width: int = 16,
                      seed: int = 0) -> Recognizer:
     """Train a small CNN on plain grayscale images (N×S×S[×1] uint8) with integer labels.
 

@@ -1,4 +1,8 @@
-"""train-encrypted on real releases: kill -9 and resume, evaluate, and one-line bad input."""
+"""train-encrypted on real releases: kill -9 and resume, evaluate, and one-line bad input.
+
+The interrupted runs are separate processes (killed with SIGKILL); the reference and the
+resumed runs go through click in this process.
+"""
 from __future__ import annotations
 
 import json
@@ -8,9 +12,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from test_train_data import make_keystore, make_release, write_imagefolder
@@ -21,7 +27,15 @@ TINY = ["--model-arg", "embed_dim=32", "--model-arg", "depth=2", "--model-arg", 
 # 480 training images, 15 steps of 32 per epoch: small enough to run three times.
 RUN = ["--epochs", "2", "--batch-size", "32", "--lr", "3e-3", "--warmup-epochs", "0", "--workers", "1",
        "--log-every", "1", "--quiet", *TINY]
-ENV = dict(os.environ, OMP_NUM_THREADS="1")  # the same float results in every process
+ENV = dict(os.environ, OMP_NUM_THREADS="1")  # one thread, as in this process: the same float results
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +62,10 @@ def classify(*args: str) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def reference(release, tmp_path_factory) -> Path:
-    """A run nobody interrupted."""
+    """A run nobody interrupted (in this process)."""
     out = tmp_path_factory.mktemp("runs") / "reference"
-    proc = classify("--shards", str(release), "--out", str(out), *RUN)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    result = CliRunner().invoke(cli, ["classify", "--shards", str(release), "--out", str(out), *RUN])
+    assert result.exit_code == 0, result.output
     return out
 
 
@@ -84,10 +97,10 @@ def test_kill_9_then_resume_logs_the_same_losses_step_for_step(release, referenc
     else:
         assert stopped["batch_in_epoch"] == 0 and stopped["step"] == 15
 
-    resumed = classify("--shards", str(release), "--out", str(out), "--resume", "--quiet")
-    stdout, stderr = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, stderr
-    assert "trained 2 epochs (30 steps" in stdout
+    resumed = CliRunner().invoke(cli, ["classify", "--shards", str(release), "--out", str(out), "--resume",
+                                       "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "trained 2 epochs (30 steps" in resumed.output
     assert logged(out) == logged(reference)  # every step's loss and lr, every epoch's val metrics
     assert len(logged(out)[0]) == 30
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]

@@ -49,6 +49,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
             torch.save({"format": FORMAT, **state}, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # nothing secret inside; mkstemp's 0600 would lock out the team
         os.replace(tmp, path)
     except BaseException:
         try:

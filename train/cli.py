@@ -17,8 +17,6 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from train.data import worker_error_line
-
 LOSSES = ("ce", "anchor-euclidean", "anchor-cosine")
 ANCHORS = ("simplex", "orthogonal")
 
@@ -42,6 +40,8 @@ def one_line_errors(fn):
     """Turn the project's input errors into one clear line and exit code 2."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from train.data import worker_error_line  # torch loads only when a command runs
+
         try:
             return fn(*args, **kwargs)
         except FloatingPointError as exc:
@@ -106,7 +106,7 @@ _CONFIG_OPTIONS = {
               help="auto / tiny / small / base: the model that fits the release's cipher; "
                    "or any timm model name.")
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
-              help="Extra timm.create_model keyword, repeatable (e.g. depth=6 drop_path_rate=0.1).")
+              help="Extra timm.create_model keyword, repeatable: --model-arg depth=6 --model-arg drop_path_rate=0.1.")
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--batch-size", default=128, show_default=True, help="Per process.")
 @click.option("--lr", default=5e-4, show_default=True, help="Peak AdamW learning rate.")

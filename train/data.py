@@ -39,8 +39,8 @@ __all__ = [
     "BatchTransform",
     "Release",
     "ShardLoader",
-    "open_release",
     "epoch_seed",
+    "open_release",
     "token_tile",
     "worker_error_line",
 ]
@@ -91,7 +91,11 @@ def open_release(root: str | os.PathLike, splits: Sequence[str] = ("train",), *,
         raise ManifestError(f"{root / 'manifest.json'}: a {manifest.task} release; "
                             "classification needs a classification release")
     for split in splits:
-        for entry in manifest.entries(split):
+        try:
+            entries = manifest.entries(split)
+        except ManifestError as e:
+            raise ManifestError(f"{root / 'manifest.json'}: {e}") from None
+        for entry in entries:
             path = root / entry.name
             try:
                 size = path.stat().st_size
@@ -204,8 +208,19 @@ class ShardLoader:
         """Batches this rank gets per epoch."""
         return self._batches
 
+    def convert(self, sample: tuple[np.ndarray, int | None, dict | None]) -> tuple[torch.Tensor, int]:
+        """One decoded `(image, label, meta)` → what `collate` batches (a subclass may change both)."""
+        return _to_chw(sample)
+
+    def collate(self, samples: list[tuple[torch.Tensor, int]]) -> Batch:
+        return _collate(samples)
+
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
-        """The batches of `epoch` (the same ones every time), after skipping the first `skip`."""
+        """The batches of `epoch`, after skipping (reading past) the first `skip`.
+
+        The same batches every time for the same seed, rank, world size and worker count
+        (workers take whole shards, so their number changes the interleaving).
+        """
         if self._batches == 0:
             return iter(())
         import webdataset as wds
@@ -218,8 +233,8 @@ class ShardLoader:
             nodesplitter=_EveryNth(self.rank, self.world_size), workersplitter="default",
             seed=seed,
         )
-        dataset = dataset.map(_to_chw).batched(self.batch_size, collation_fn=_collate,
-                                              partial=not self.train)
+        dataset = dataset.map(self.convert).batched(self.batch_size, collation_fn=self.collate,
+                                                   partial=not self.train)
         loader = wds.WebLoader(dataset, batch_size=None, num_workers=self.workers,
                                generator=torch.Generator().manual_seed(seed),
                                persistent_workers=False, pin_memory=self.pin_memory)

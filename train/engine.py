@@ -51,6 +51,7 @@ from train.checkpoint import (
 from train.data import Augmentation, BatchTransform, Release, ShardLoader, epoch_seed, open_release
 
 __all__ = [
+    "Run",
     "RunError",
     "TrainConfig",
     "build_model",
@@ -302,20 +303,19 @@ def evaluate(model: nn.Module, criterion: nn.Module, batches: Iterable, transfor
     """
     model.eval()
     criterion.eval()
-    loss_sum = top1 = top5 = 0.0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits
     samples = 0
     for images, labels in batches:
         inputs, targets = transform(images, labels)
         with _autocast(device, amp):
             outputs = model(inputs)
         outputs = outputs.float()
-        loss_sum += float(criterion(outputs, targets)) * images.shape[0]
         logits = criterion.logits(outputs)
-        k = min(5, logits.shape[1])
-        hits = logits.topk(k, dim=1).indices == targets[:, None]
-        top1 += float(hits[:, 0].sum())
-        top5 += float(hits.any(dim=1).sum())
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
+        sums += torch.stack([criterion(outputs, targets).double() * images.shape[0],
+                             hits[:, 0].sum().double(), hits.any(dim=1).sum().double()])
         samples += images.shape[0]
+    loss_sum, top1, top5 = sums.tolist()  # one device sync, after the loop
     if runtime is not None:
         loss_sum, top1, top5, samples = runtime.sum([loss_sum, top1, top5, samples])
     n = max(samples, 1)
@@ -384,12 +384,175 @@ def _check_resume(config: TrainConfig, state: dict[str, Any], release: Release, 
 
 # -- a whole run -----------------------------------------------------------------------------
 
+class Run:
+    """The pieces of one training run, built from a config and a release, and their state.
+
+    One method per job: `restore` a checkpoint, run an `epoch`, `save` last.pt / best.pt.
+    `train()` drives it; a benchmark may too.
+    """
+
+    def __init__(self, config: TrainConfig, release: Release, runtime: Runtime) -> None:
+        self.config, self.release, self.runtime = config, release, runtime
+        self.out = Path(config.out)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
+        self.criterion, head_width = _build_loss(config, release.num_classes)
+        self.name, self.kwargs, self.model = build_model(config.model, release, head_width, config.model_kwargs)
+        self.mean, self.std = _normalisation(self.model)
+        self.model.to(runtime.device)
+        self.criterion.to(runtime.device)
+        self.train_model = self.model
+        if runtime.distributed:
+            ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+        pin = runtime.device.type == "cuda"
+        self.train_loader = ShardLoader(release, config.train_split, batch_size=config.batch_size, train=True,
+                                        workers=config.workers, shuffle_buffer=config.shuffle_buffer,
+                                        seed=config.seed, rank=runtime.rank, world_size=runtime.world_size,
+                                        pin_memory=pin)
+        self.val_loader = None
+        if config.val_split:
+            self.val_loader = ShardLoader(release, config.val_split, batch_size=config.batch_size,
+                                          train=False, workers=config.workers, rank=runtime.rank,
+                                          world_size=runtime.world_size, pin_memory=pin)
+        self.steps_per_epoch = len(self.train_loader)
+        self.augment = BatchTransform(release.cipher, release.num_classes, self.mean, self.std, runtime.device,
+                                      augment=config.augmentation(), label_smoothing=config.label_smoothing)
+        self.plain = BatchTransform(release.cipher, release.num_classes, self.mean, self.std, runtime.device)
+
+        self.optimizer = create_optimizer_v2(self.model, opt="adamw", lr=config.lr,
+                                             weight_decay=config.weight_decay)
+        # Linear warm-up to lr, then a cosine to min_lr that ends with the last epoch.
+        warmup = min(config.warmup_epochs, config.epochs - 1)
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, sched="cosine", num_epochs=config.epochs - warmup, warmup_epochs=warmup,
+            warmup_prefix=True, warmup_lr=min(1e-6, config.lr), min_lr=config.min_lr,
+            step_on_epochs=False, updates_per_epoch=self.steps_per_epoch)
+
+        self.metrics = MetricsLog(self.out / METRICS, runtime.main)
+        self.epoch = self.batch_in_epoch = self.step = 0
+        self.best: float | None = None
+        self.last_val: dict[str, float] | None = None
+        self.rng_states: list[dict] | None = None  # for a resume inside an epoch
+
+    # -- state ---------------------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        """What config.json and the first metrics line say about the run."""
+        return {"config": self.config.to_dict(), "model": {"name": self.name, "kwargs": self.kwargs},
+                "release": release_record(self.release.manifest), "world_size": self.runtime.world_size,
+                "steps_per_epoch": self.steps_per_epoch, "normalize": {"mean": self.mean, "std": self.std}}
+
+    def start(self) -> None:
+        """A new run: create the folder and write config.json."""
+        if self.runtime.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            settings = self.settings()
+            atomic_write_bytes(self.out / CONFIG, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
+            self.metrics.write({"event": "config", "step": 0, **settings})
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from last.pt: weights, optimizer, scheduler, position, RNG states."""
+        with _loading(self.out / LAST):
+            self.model.load_state_dict(state["weights"])
+            self.criterion.load_state_dict(state["criterion"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+            self.best, self.last_val, self.rng_states = state["best_top1"], state["val"], state["rng"]
+        self.scheduler.step_update(num_updates=self.step)
+        self.metrics.cut_after(self.step)
+        if self.runtime.main:
+            for stale in self.out.glob(".*.pt.*.tmp"):  # a checkpoint write cut short by a kill
+                stale.unlink()
+        log.info("resuming %s at epoch %d, step %d", self.out / LAST, self.epoch + 1, self.step)
+
+    def snapshot(self, full: bool = True) -> dict[str, Any]:
+        """The run's state; `full` adds optimizer, scheduler and every rank's RNG (a collective)."""
+        snap = {"model": {"name": self.name, "kwargs": self.kwargs}, "weights": self.model.state_dict(),
+                "criterion": self.criterion.state_dict(), "config": self.config.to_dict(),
+                "release": release_record(self.release.manifest),
+                "normalize": {"mean": self.mean, "std": self.std}, "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+                "steps_per_epoch": self.steps_per_epoch, "world_size": self.runtime.world_size,
+                "best_top1": self.best, "val": self.last_val}
+        if full:
+            snap.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                        rng=self.runtime.gather(capture_rng()))
+        return snap
+
+    def save(self, name: str) -> None:
+        """Write last.pt (full; every rank must call it) or best.pt (model only; rank 0)."""
+        snap = self.snapshot(full=name == LAST)
+        if self.runtime.main:
+            save_checkpoint(self.out / name, snap)
+
+    # -- one epoch -----------------------------------------------------------------------
+
+    def _on_step(self, bar: tqdm, tick: list) -> StepHook:
+        config = self.config
+
+        def on_step(step: int, index: int, loss: torch.Tensor, lr: float) -> None:
+            self.step, self.batch_in_epoch = step, index
+            bar.update(1)
+            if step % config.log_every == 0:
+                value = float(loss)
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"loss is {value} at step {step}: the run diverged; start "
+                                             "a new run with a lower --lr or a tighter --clip-grad")
+                now = time.perf_counter()
+                rate = (step - tick[1]) * config.batch_size * self.runtime.world_size / max(now - tick[0], 1e-9)
+                tick[:] = [now, step]
+                self.metrics.write({"event": "train", "epoch": self.epoch + 1, "step": step, "loss": value,
+                                    "lr": lr, "images_per_s": round(rate, 1)})
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and index < self.steps_per_epoch:
+                self.save(LAST)
+
+        return on_step
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train the current epoch (from `batch_in_epoch` on), evaluate, checkpoint; its record."""
+        config, runtime = self.config, self.runtime
+        skip = self.batch_in_epoch
+        if skip:
+            restore_rng(self.rng_states[runtime.rank])
+        else:
+            _seed_augmentation(config.seed, self.epoch, runtime.rank)
+        bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {self.epoch + 1}/{config.epochs}",
+                   unit="batch", disable=not (config.progress and runtime.main), dynamic_ncols=True, leave=False)
+        started = time.perf_counter()
+        result = train_one_epoch(self.train_model, self.criterion, self.train_loader.epoch(self.epoch, skip=skip),
+                                 self.augment, self.optimizer, self.scheduler, device=runtime.device,
+                                 step=self.step, amp=config.amp, clip_grad=config.clip_grad,
+                                 on_step=self._on_step(bar, [started, self.step]))
+        bar.close()
+        loss_sum, samples = runtime.sum([result["loss_sum"], result["samples"]])
+        record: dict[str, Any] = {"event": "epoch", "epoch": self.epoch + 1, "step": result["step"],
+                                  "train_loss": loss_sum / max(samples, 1), "train_samples": int(samples),
+                                  "batches_per_rank": runtime.gather(result["batches"]),
+                                  **({"resumed_at_batch": skip} if skip else {}),
+                                  "seconds": round(time.perf_counter() - started, 3)}
+        self.epoch, self.batch_in_epoch, self.step = self.epoch + 1, 0, result["step"]
+        if self.val_loader is not None:
+            self.last_val = evaluate(self.model, self.criterion, self.val_loader.epoch(0), self.plain,
+                                     device=runtime.device, amp=config.amp, runtime=runtime)
+            record.update({f"val_{k}": v for k, v in self.last_val.items()})
+            if self.best is None or self.last_val["top1"] > self.best:  # all-reduced: ranks agree
+                self.best = self.last_val["top1"]
+                self.save(BEST)
+        self.metrics.write(record)
+        self.save(LAST)
+        return record
+
+
 def train(config: TrainConfig, *, resume: bool = False, device: str | None = None) -> dict[str, Any]:
     """Train on a release as `config` says; with `resume`, continue `config.out/last.pt`.
 
     Returns a summary: epochs and steps done, the last and the best validation metrics and
     the run folder. Raises ManifestError / ShardError (the release), CheckpointError and
-    RunError (the run folder), ValueError (settings) with one-line messages.
+    RunError (the run folder), ValueError (settings) with one-line messages, and
+    FloatingPointError when a logged loss is not finite.
     """
     runtime = start_runtime(device)
     out = Path(config.out)
@@ -402,147 +565,23 @@ def train(config: TrainConfig, *, resume: bool = False, device: str | None = Non
         log.warning("%s: cipher none, plain images: a baseline, not an encrypted release", release.root)
     if config.amp and runtime.device.type != "cuda":
         log.warning("--amp: bf16 autocast is for CUDA; this %s run stays in float32", runtime.device.type)
-
     state = load_checkpoint(out / LAST) if resume else None
     if state is not None:
         _check_resume(config, state, release, runtime.world_size, out / LAST)
 
-    torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
-    criterion, head_width = _build_loss(config, release.num_classes)
-    name, kwargs, model = build_model(config.model, release, head_width, config.model_kwargs)
-    mean, std = _normalisation(model)
-    model.to(runtime.device)
-    criterion.to(runtime.device)
-
-    pin = runtime.device.type == "cuda"
-    train_loader = ShardLoader(release, config.train_split, batch_size=config.batch_size, train=True,
-                               workers=config.workers, shuffle_buffer=config.shuffle_buffer,
-                               seed=config.seed, rank=runtime.rank, world_size=runtime.world_size,
-                               pin_memory=pin)
-    val_loader = None
-    if config.val_split:
-        val_loader = ShardLoader(release, config.val_split, batch_size=config.batch_size, train=False,
-                                 workers=config.workers, rank=runtime.rank,
-                                 world_size=runtime.world_size, pin_memory=pin)
-    steps_per_epoch = len(train_loader)
-
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=config.lr,
-                                               weight_decay=config.weight_decay)
-    # Linear warm-up to lr, then a cosine to min_lr that ends with the last epoch.
-    warmup = min(config.warmup_epochs, config.epochs - 1)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched="cosine", num_epochs=config.epochs - warmup, warmup_epochs=warmup,
-        warmup_prefix=True, warmup_lr=min(1e-6, config.lr), min_lr=config.min_lr,
-        step_on_epochs=False, updates_per_epoch=steps_per_epoch)
-
-    epoch, skip, step, best, last_val = 0, 0, 0, None, None
-    metrics = MetricsLog(out / METRICS, runtime.main)
+    run = Run(config, release, runtime)
     if state is not None:
-        with _loading(out / LAST):
-            model.load_state_dict(state["weights"])
-            criterion.load_state_dict(state["criterion"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        epoch, skip, step = state["epoch"], state["batch_in_epoch"], state["step"]
-        best, last_val = state["best_top1"], state["val"]
-        scheduler.step_update(num_updates=step)
-        metrics.cut_after(step)
-        if runtime.main:
-            for stale in out.glob(".*.pt.*.tmp"):  # a checkpoint write cut short by a kill
-                stale.unlink()
-        log.info("resuming %s at epoch %d, step %d", out / LAST, epoch + 1, step)
-    elif runtime.main:
-        out.mkdir(parents=True, exist_ok=True)
-
-    record = release_record(release.manifest)
-    train_model = model
-    if runtime.distributed:
-        ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    augment = BatchTransform(release.cipher, release.num_classes, mean, std, runtime.device,
-                             augment=config.augmentation(), label_smoothing=config.label_smoothing)
-    plain = BatchTransform(release.cipher, release.num_classes, mean, std, runtime.device)
-
-    if state is None and runtime.main:
-        settings = {"config": config.to_dict(), "model": {"name": name, "kwargs": kwargs},
-                    "release": record, "world_size": runtime.world_size,
-                    "steps_per_epoch": steps_per_epoch, "normalize": {"mean": mean, "std": std}}
-        atomic_write_bytes(out / CONFIG, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
-        metrics.write({"event": "config", "step": 0, **settings})
-
-    def snapshot(epoch_now: int, batch_in_epoch: int, step_now: int, full: bool = True) -> dict[str, Any]:
-        """The run's state; `full` adds optimizer, scheduler and every rank's RNG (a collective)."""
-        snap = {"model": {"name": name, "kwargs": kwargs}, "weights": model.state_dict(),
-                "criterion": criterion.state_dict(), "config": config.to_dict(), "release": record,
-                "normalize": {"mean": mean, "std": std}, "epoch": epoch_now,
-                "batch_in_epoch": batch_in_epoch, "step": step_now, "steps_per_epoch": steps_per_epoch,
-                "world_size": runtime.world_size, "best_top1": best, "val": last_val}
-        if full:
-            snap.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        rng=runtime.gather(capture_rng()))
-        return snap
-
-    def save_last(epoch_now: int, batch_in_epoch: int, step_now: int) -> None:
-        snap = snapshot(epoch_now, batch_in_epoch, step_now)  # on every rank: it gathers RNG states
-        if runtime.main:
-            save_checkpoint(out / LAST, snap)
-
+        run.restore(state)
+    else:
+        run.start()
     started = time.perf_counter()
-    for epoch in range(epoch, config.epochs):
-        if skip:
-            restore_rng(state["rng"][runtime.rank])
-        else:
-            _seed_augmentation(config.seed, epoch, runtime.rank)
-        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}",
-                   unit="batch", disable=not (config.progress and runtime.main), dynamic_ncols=True,
-                   leave=False)
-        tick = [time.perf_counter(), step]
-
-        def on_step(step_now: int, index: int, loss: torch.Tensor, lr: float, epoch: int = epoch) -> None:
-            bar.update(1)
-            if step_now % config.log_every == 0:
-                value = float(loss)
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"loss is {value} at step {step_now}; lower --lr or "
-                                             "--clip-grad and resume from last.pt")
-                now = time.perf_counter()
-                rate = (step_now - tick[1]) * config.batch_size * runtime.world_size / max(now - tick[0], 1e-9)
-                tick[:] = [now, step_now]
-                metrics.write({"event": "train", "epoch": epoch + 1, "step": step_now, "loss": value,
-                               "lr": lr, "images_per_s": round(rate, 1)})
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
-            if config.checkpoint_every and step_now % config.checkpoint_every == 0 \
-                    and index < steps_per_epoch:
-                save_last(epoch, index, step_now)
-
-        epoch_start, resumed_at = time.perf_counter(), skip
-        result = train_one_epoch(train_model, criterion, train_loader.epoch(epoch, skip=skip), augment,
-                                 optimizer, scheduler, device=runtime.device, step=step, amp=config.amp,
-                                 clip_grad=config.clip_grad, on_step=on_step)
-        bar.close()
-        step, skip = result["step"], 0
-        loss_sum, samples = runtime.sum([result["loss_sum"], result["samples"]])
-        summary: dict[str, Any] = {"event": "epoch", "epoch": epoch + 1, "step": step,
-                                   "train_loss": loss_sum / max(samples, 1), "train_samples": int(samples),
-                                   "batches_per_rank": runtime.gather(result["batches"]),
-                                   **({"resumed_at_batch": resumed_at} if resumed_at else {}),
-                                   "seconds": round(time.perf_counter() - epoch_start, 3)}
-        if val_loader is not None:
-            last_val = evaluate(model, criterion, val_loader.epoch(0), plain, device=runtime.device,
-                                amp=config.amp, runtime=runtime)
-            summary.update({f"val_{k}": v for k, v in last_val.items()})
-            if best is None or last_val["top1"] > best:
-                best = last_val["top1"]  # all-reduced: every rank agrees
-                if runtime.main:
-                    save_checkpoint(out / BEST, snapshot(epoch + 1, 0, step, full=False))
-        metrics.write(summary)
-        save_last(epoch + 1, 0, step)
-        if runtime.main:
-            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items() if k != "event"}
-            log.info("epoch %d/%d %s", epoch + 1, config.epochs, json.dumps(shown))
-
-    return {"out": str(out), "epochs": config.epochs, "step": step, "best_top1": best, "val": last_val,
-            "seconds": round(time.perf_counter() - started, 3), "world_size": runtime.world_size}
+    while run.epoch < config.epochs:
+        record = run.run_epoch()
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items() if k != "event"}
+        log.info("epoch %d/%d %s", record["epoch"], config.epochs, json.dumps(shown))
+    return {"out": str(out), "epochs": config.epochs, "step": run.step, "best_top1": run.best,
+            "val": run.last_val, "seconds": round(time.perf_counter() - started, 3),
+            "world_size": runtime.world_size}
 
 
 @contextmanager

@@ -10,7 +10,8 @@ is how much an attacker gets back. From weakest to strongest:
 - `deconvolve`: the known operator with a smoothness prior (Tikhonov / Wiener with a
   gradient penalty): argmin ‖A·x − y‖² + λ‖∇x‖², one sparse factorisation per geometry.
 - `train_upsampler` + `invert`: a small convolutional net trained on public images to
-  correct the deconvolution, its output projected back onto the images consistent with y.
+  correct the deconvolution.
+Both last answers are projected onto the images that are valid (0..255) and mix to y.
 """
 from __future__ import annotations
 
@@ -132,11 +133,13 @@ def _deconvolve_float(x: np.ndarray, h: int, w: int, patch: int, sub_patch: int,
 
 def deconvolve(mixed: np.ndarray, patch: int, sub_patch: int,
                smoothness: float = DEFAULT_SMOOTHNESS) -> np.ndarray:
-    """argmin_x ‖A·x − y‖² + λ‖∇x‖² per channel, uint8 at the plain size."""
+    """argmin_x ‖A·x − y‖² + λ‖∇x‖² per channel, then made valid pixels (`feasible`);
+    uint8 at the plain size."""
     if not smoothness > 0:
         raise ValueError(f"smoothness must be positive, got {smoothness}")
     x, _, h, w = _geometry(mixed, patch, sub_patch)
-    return _restore_shape(_to_uint8(_deconvolve_float(x, h, w, patch, sub_patch, smoothness)), mixed)
+    smooth = _deconvolve_float(x, h, w, patch, sub_patch, smoothness)
+    return _restore_shape(_to_uint8(feasible(smooth, x, patch, sub_patch)), mixed)
 
 
 def project_consistent(images: np.ndarray, mixed: np.ndarray, patch: int, sub_patch: int) -> np.ndarray:
@@ -146,6 +149,16 @@ def project_consistent(images: np.ndarray, mixed: np.ndarray, patch: int, sub_pa
     rows, cols = _stored_index(h, patch, sub_patch), _stored_index(w, patch, sub_patch)
     residual = x - mix_float(images, patch, sub_patch)
     return images + residual[:, rows][:, :, cols]
+
+
+def feasible(images: np.ndarray, mixed: np.ndarray, patch: int, sub_patch: int,
+             iterations: int = 20) -> np.ndarray:
+    """Alternate projections onto the pixel range [0, 255] and onto consistency with `mixed`
+    (POCS): both sets hold the original image, so this only removes impossible answers."""
+    x = images
+    for _ in range(iterations):
+        x = project_consistent(np.clip(x, 0.0, 255.0), mixed, patch, sub_patch)
+    return x
 
 
 class Upsampler(nn.Module):
@@ -179,10 +192,11 @@ def _nchw(x: np.ndarray) -> torch.Tensor:
 
 def train_upsampler(public_images: np.ndarray | Sequence[np.ndarray], patch: int, sub_patch: int,
                     steps: int, *, window: int | None = None, batch_size: int = 32,
-                    lr: float = 2e-3, width: int = 32, seed: int = 0,
+                    lr: float = 2e-3, width: int = 32, flip: bool = False, seed: int = 0,
                     smoothness: float = DEFAULT_SMOOTHNESS) -> Upsampler:
     """Train an Upsampler on public plain images (N×H×W[×C] uint8, or larger photos to crop
-    `window`-sized, patch-aligned training windows from), mixed on the fly."""
+    `window`-sized, patch-aligned training windows from), mixed on the fly; `flip` adds
+    mirrored windows."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     first = np.asarray(public_images[0])
@@ -201,7 +215,7 @@ def train_upsampler(public_images: np.ndarray | Sequence[np.ndarray], patch: int
         opt, lambda s: min(1.0, (s + 1) / max(1, steps // 20)) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     model.train()
     for _ in range(steps):
-        plain = random_windows(public_images, side_h, side_w, batch_size, gen, align=patch)
+        plain = random_windows(public_images, side_h, side_w, batch_size, gen, flip=flip, align=patch)
         plain_np = plain.permute(0, 2, 3, 1).numpy().astype(np.float64) * 255.0
         # The stored image is rounded to uint8, as the cipher does.
         mixed = np.rint(mix_float(plain_np, patch, sub_patch))
@@ -218,7 +232,8 @@ def train_upsampler(public_images: np.ndarray | Sequence[np.ndarray], patch: int
 
 @torch.no_grad()
 def invert(model: Upsampler, mixed: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """The learned inversion: deconvolve, correct with the net, project onto consistency."""
+    """The learned inversion: deconvolve, correct with the net, project onto valid images
+    consistent with the ciphertext."""
     x, _, h, w = _geometry(mixed, model.patch, model.sub_patch)
     if x.shape[-1] != model.channels:
         raise ValueError(f"mixed images have {x.shape[-1]} channels, the upsampler expects {model.channels}")
@@ -227,5 +242,5 @@ def invert(model: Upsampler, mixed: np.ndarray, batch_size: int = 64) -> np.ndar
         chunk = x[start:start + batch_size]
         base = _deconvolve_float(chunk, h, w, model.patch, model.sub_patch, model.smoothness)
         pred = model(_nchw(base / 255.0)).permute(0, 2, 3, 1).numpy().astype(np.float64) * 255.0
-        out.append(project_consistent(pred, chunk, model.patch, model.sub_patch))
+        out.append(feasible(pred, chunk, model.patch, model.sub_patch))
     return _restore_shape(_to_uint8(np.concatenate(out)), mixed)

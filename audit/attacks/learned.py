@@ -5,8 +5,8 @@ VisionTransformer with no position embedding (so it cannot know where a tile sit
 stored image, only what the tiles look like together) is trained on public images, disjoint
 from the victims, to classify every shuffled tile into one of rows·cols original positions.
 The per-tile scores become a placement with the Hungarian method on −log p, so the answer is
-always a permutation. An optional refinement adds the jigsaw solver's seam compatibility
-between neighbouring tiles and re-solves the assignment until the energy stops falling.
+always a permutation. An optional refinement lets the jigsaw solver assemble the tiles by
+seam compatibility and uses the model only to put its confident blocks in the right place.
 
 Conventions are those of `audit.metrics`: a cipher's perm says shuffled tile i came from
 position perm[i]; a placement says placement[p] = the shuffled tile put at position p, so
@@ -24,7 +24,8 @@ from scipy.optimize import linear_sum_assignment
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from audit.attacks.jigsaw import pairwise_dissimilarity
+from audit.attacks.jigsaw import (has_subsampled_chroma, pair_confidence, pairwise_dissimilarity,
+                                  solve_jigsaw)
 from encrypt.ciphers import to_tokens
 
 # skimage sample photos an attacker may train on: none of them is a victim of the audit's
@@ -59,11 +60,11 @@ def _as_batch(images, what: str) -> np.ndarray:
 
 
 def random_windows(images: np.ndarray | Sequence[np.ndarray], height: int, width: int, count: int,
-                   generator: torch.Generator, *, flip: bool = True, align: int = 1) -> torch.Tensor:
+                   generator: torch.Generator, *, flip: bool = False, align: int = 1) -> torch.Tensor:
     """`count` random height×width windows (N×C×H×W float in 0..1) from public images.
 
-    Images of exactly that size are used whole; larger ones give a random crop at a random
-    scale (photos), with offsets a multiple of `align` so crops keep a cipher's patch grid.
+    Images of exactly that size are used whole; others give a random crop at a random scale
+    (photos), with offsets a multiple of `align` so crops keep a cipher's patch grid.
     `generator` is an ordinary torch RNG: nothing here is keyed.
     """
     pool = list(images) if not isinstance(images, np.ndarray) else images
@@ -76,15 +77,15 @@ def random_windows(images: np.ndarray | Sequence[np.ndarray], height: int, width
         t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255.0
         h, w = t.shape[1:]
         if (h, w) != (height, width):
-            if h < height or w < width:
-                raise ValueError(f"public image of {h}x{w} is smaller than the {height}x{width} window")
-            # Scale so the window covers 40–100 % of the shorter side, then crop.
+            # Scale so the window covers 40–100 % of the shorter side (upscaling only images
+            # too small for the window), then crop.
             least = max(height / h, width / w)
             scale = least / (0.4 + 0.6 * float(torch.rand((), generator=generator)))
-            scale = min(max(scale, least), 1.0)
+            scale = min(scale, max(least, 1.0))
             nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
             if (nh, nw) != (h, w):
-                t = nn.functional.interpolate(t[None], size=(nh, nw), mode="area")[0]
+                t = nn.functional.interpolate(t[None], size=(nh, nw), mode="bilinear",
+                                              antialias=True, align_corners=False)[0].clamp(0, 1)
             top = int(torch.randint((nh - height) // align + 1, (), generator=generator)) * align
             left = int(torch.randint((nw - width) // align + 1, (), generator=generator)) * align
             t = t[:, top:top + height, left:left + width]
@@ -92,6 +93,14 @@ def random_windows(images: np.ndarray | Sequence[np.ndarray], height: int, width
             t = t.flip(-1)
         out.append(t)
     return torch.stack(out)
+
+
+def mix_windows(x: torch.Tensor, patch: int, sub_patch: int) -> torch.Tensor:
+    """The `mix` cipher on a float batch B×C×H×W, rounded to the 8-bit levels it stores."""
+    b, c, h, w = x.shape
+    k = patch // sub_patch
+    x = x.reshape(b, c, h // patch, k, sub_patch, w // patch, k, sub_patch).mean(dim=(3, 6))
+    return torch.round(x.reshape(b, c, h // patch * sub_patch, w // patch * sub_patch) * 255) / 255
 
 
 def _tokens(x: torch.Tensor, tile: int) -> torch.Tensor:
@@ -142,12 +151,15 @@ class TrainLog:
 def train_position_attacker(public_images: np.ndarray | Sequence[np.ndarray], tile: int,
                             grid: tuple[int, int], steps: int, *, batch_size: int = 64,
                             lr: float = 2e-3, dim: int = 96, depth: int = 4, heads: int = 4,
+                            mixed_from_patch: int | None = None, flip: bool = False,
                             seed: int = 0, device: str = "cpu") -> PositionAttacker:
     """Train a PositionAttacker on public images shuffled with fresh random permutations.
 
-    `public_images` are in the domain the attacker will see: N×H×W[×C] uint8 of the stored
-    size (e.g. the mixed images for `mix-shuffle`, with `tile` the sub-patch) or a list of
-    larger photos to crop windows from. The result carries `train_log` (a TrainLog).
+    `public_images` are plain N×H×W[×C] uint8 images of the attacked size, or a list of
+    larger photos to crop patch-aligned windows from. For `mix-shuffle` pass
+    `mixed_from_patch=patch` and `tile=sub_patch`: windows are cut at the plain size and
+    mixed before shuffling, as the cipher does. `flip` adds mirrored windows (for a small
+    photo set; not for data whose objects face one way). The result carries `train_log`.
     """
     rows, cols = (int(v) for v in grid)
     if tile < 1 or rows < 1 or cols < 1 or rows * cols < 2:
@@ -161,6 +173,11 @@ def train_position_attacker(public_images: np.ndarray | Sequence[np.ndarray], ti
         if public_images.ndim == 3:
             public_images = public_images[..., None]
     n = rows * cols
+    plain_tile = tile
+    if mixed_from_patch is not None:
+        if mixed_from_patch % tile:
+            raise ValueError(f"sub-patch {tile} does not divide patch {mixed_from_patch}")
+        plain_tile = mixed_from_patch
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -172,7 +189,10 @@ def train_position_attacker(public_images: np.ndarray | Sequence[np.ndarray], ti
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     tail_loss, tail_acc, tail = 0.0, 0.0, 0
     for step in range(steps):
-        x = random_windows(public_images, rows * tile, cols * tile, batch_size, gen, align=tile)
+        x = random_windows(public_images, rows * plain_tile, cols * plain_tile, batch_size, gen,
+                           flip=flip, align=plain_tile)
+        if mixed_from_patch is not None:
+            x = mix_windows(x, mixed_from_patch, tile)
         perm = torch.argsort(torch.rand(batch_size, n, generator=gen), dim=1)
         tokens = _tokens(x, tile)
         shuffled = _image(torch.take_along_dim(tokens, perm[:, :, None, None, None], dim=1), rows, cols)
@@ -219,60 +239,74 @@ def hungarian_placement(log_probs: np.ndarray) -> np.ndarray:
     return placement
 
 
-# (row step, column step) of a neighbour, orientation in pairwise_dissimilarity, and whether
-# the tile at p is the first of the pair (left of / above the neighbour).
-_NEIGHBOURS = (((0, 1), 0, True), ((0, -1), 0, False), ((1, 0), 1, True), ((-1, 0), 1, False))
+def _solver_blocks(solved: np.ndarray, confidence: np.ndarray, rows: int, cols: int) -> list[np.ndarray]:
+    """Positions of the solver's grid grouped into blocks joined by mutual best buddies,
+    largest first: the parts of its answer that its own seam evidence vouches for."""
+    g = solved.reshape(rows, cols)
+    parent = np.arange(rows * cols)
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for r in range(rows):
+        for c in range(cols):
+            p = r * cols + c
+            if c + 1 < cols and confidence[0][g[r, c], g[r, c + 1]] < 1:
+                parent[root(p)] = root(p + 1)
+            if r + 1 < rows and confidence[1][g[r, c], g[r + 1, c]] < 1:
+                parent[root(p)] = root(p + cols)
+    roots = np.array([root(p) for p in range(rows * cols)])
+    blocks = [np.flatnonzero(roots == r) for r in np.unique(roots)]
+    return sorted(blocks, key=len, reverse=True)
 
 
-def _energy(placement: np.ndarray, unary: np.ndarray, seam: np.ndarray, rows: int, cols: int) -> float:
-    g = placement.reshape(rows, cols)
-    return float(unary[placement, np.arange(placement.size)].sum()
-                 + seam[0][g[:, :-1], g[:, 1:]].sum() + seam[1][g[:-1], g[1:]].sum())
+def refine_placement(log_probs: np.ndarray, tiles: np.ndarray, grid: tuple[int, int], *,
+                     subsampled_chroma: bool = False) -> np.ndarray:
+    """Combine the jigsaw solver (relative layout) with the position model (absolute place).
 
-
-def refine_placement(placement: np.ndarray, log_probs: np.ndarray, tiles: np.ndarray,
-                     grid: tuple[int, int], weight: float = 1.0, iterations: int = 10) -> np.ndarray:
-    """Improve a placement with the jigsaw solver's seam compatibility.
-
-    Energy = Σ −log p(tile → position) + weight · Σ median-scaled seam dissimilarity of every
-    placed neighbour pair. Each round re-solves the assignment with the seams to the current
-    neighbours as extra cost per (tile, position) and keeps the lowest-energy placement.
+    The solver assembles the tiles; its blocks of mutual best buddies are kept rigid and
+    moved, largest first, to the free offset where the model's Σ log p is highest (the
+    solver alone may place a correct block at the wrong offset). Tiles outside any block
+    are assigned to the remaining positions by the Hungarian method. Needs tiles ≥ 3 px.
     """
     rows, cols = (int(v) for v in grid)
     n = rows * cols
-    dis = pairwise_dissimilarity(tiles)
-    finite = dis[np.isfinite(dis)]
-    scale = max(float(np.median(finite)), 1e-12) if finite.size else 1.0
-    seam = weight * np.where(np.isfinite(dis), dis, finite.max() if finite.size else 0.0) / scale
-    unary = -np.asarray(log_probs)
-    best = np.asarray(placement, dtype=np.int64)
-    best_energy = _energy(best, unary, seam, rows, cols)
-    current = best
-    r, c = np.divmod(np.arange(n), cols)
-    for _ in range(iterations):
-        cost = unary.copy()
-        g = current.reshape(rows, cols)
-        for (dr, dc), o, first in _NEIGHBOURS:
-            ok = (r + dr >= 0) & (r + dr < rows) & (c + dc >= 0) & (c + dc < cols)
-            neighbour = g[(r + dr)[ok], (c + dc)[ok]]
-            # Half of each seam from either side, so a pair is counted once in total.
-            cost[:, ok] += 0.5 * (seam[o][:, neighbour] if first else seam[o][neighbour, :].T)
-        proposal = hungarian_placement(-cost)
-        if np.array_equal(proposal, current):
+    log_probs = np.asarray(log_probs)
+    solved = solve_jigsaw(tiles, (rows, cols), subsampled_chroma=subsampled_chroma)
+    confidence = pair_confidence(pairwise_dissimilarity(tiles, subsampled_chroma))
+    free = np.ones((rows, cols), dtype=bool)
+    placement = np.full(n, -1, dtype=np.int64)
+    for block in _solver_blocks(solved, confidence, rows, cols):
+        if block.size < 2:
             break
-        current = proposal
-        energy = _energy(current, unary, seam, rows, cols)
-        if energy < best_energy:
-            best, best_energy = current, energy
-    return best
+        r, c = np.divmod(block, cols)
+        block_tiles = solved[block]
+        best, best_score = None, -np.inf
+        for dr in range(-int(r.min()), rows - int(r.max())):
+            for dc in range(-int(c.min()), cols - int(c.max())):
+                if free[r + dr, c + dc].all():
+                    score = log_probs[block_tiles, (r + dr) * cols + c + dc].sum()
+                    if score > best_score:
+                        best, best_score = (r + dr, c + dc), score
+        if best is not None:
+            free[best] = False
+            placement[best[0] * cols + best[1]] = block_tiles
+    open_positions = np.flatnonzero(placement < 0)
+    if open_positions.size:
+        left = np.setdiff1d(np.arange(n), placement[placement >= 0])
+        placement[open_positions] = left[hungarian_placement(log_probs[np.ix_(left, open_positions)])]
+    return placement
 
 
 def attack(model: PositionAttacker, shuffled_images: np.ndarray, tile: int, grid: tuple[int, int],
-           *, refine: bool = False, refine_weight: float = 1.0) -> np.ndarray:
+           *, refine: bool = False) -> np.ndarray:
     """Placements (N×rows·cols, each a permutation) for a batch of shuffled images.
 
-    With `refine`, the Hungarian placement is improved with seam compatibility
-    (`refine_placement`); the tiles must then be at least 2 px.
+    With `refine`, the jigsaw solver's assembly is placed by the model instead
+    (`refine_placement`; tiles of at least 3 px, JPEG 4:2:0 input detected per image).
     """
     rows, cols = (int(v) for v in grid)
     if (model.tile, model.grid) != (tile, (rows, cols)):
@@ -282,9 +316,10 @@ def attack(model: PositionAttacker, shuffled_images: np.ndarray, tile: int, grid
     log_probs = position_log_probs(model, x)
     placements = np.stack([hungarian_placement(lp) for lp in log_probs])
     if refine:
-        if tile < 2:
-            raise ValueError(f"refinement compares tile edges and needs tiles of at least 2 px, got {tile}")
+        if tile < 3:
+            raise ValueError(f"refinement runs the jigsaw solver, which needs tiles of at least 3 px, got {tile}")
         tokens = to_tokens(x, tile)
-        placements = np.stack([refine_placement(p, lp, t, (rows, cols), refine_weight)
-                               for p, lp, t in zip(placements, log_probs, tokens)])
+        placements = np.stack([
+            refine_placement(lp, t, (rows, cols), subsampled_chroma=has_subsampled_chroma(img))
+            for lp, t, img in zip(log_probs, tokens, x)])
     return placements
