@@ -27,7 +27,7 @@ from keys.keystore import create_keystore
 from shards.manifest import Manifest, ShardEntry
 from shards.reader import count_samples, sha256_file
 from shards.writer import ShardWriter
-from test_encrypt_job import settings, write_imagefolder
+from releases import job_settings as settings, read_samples, write_imagefolder
 
 PASSPHRASE = b"Tamarin-Gecko-6620-audit-tests"
 BIN = Path(sys.executable).parent
@@ -77,17 +77,6 @@ def failures(report: VerifyReport) -> dict[str, str]:
 
 
 # -- helpers that tamper like an attacker or a careless tool would -------------------------
-
-def read_samples(shard: Path) -> list[tuple[str, dict[str, bytes]]]:
-    samples: list[tuple[str, dict[str, bytes]]] = []
-    with tarfile.open(shard) as tar:
-        for member in tar:
-            key, _, ext = member.name.partition(".")
-            if not samples or samples[-1][0] != key:
-                samples.append((key, {}))
-            samples[-1][1][ext] = tar.extractfile(member).read()
-    return samples
-
 
 def rewrite_shard(shard: Path, edit) -> None:
     """Write the shard again with `edit(samples)` applied, through the real shard writer."""

@@ -21,8 +21,7 @@ from keys.custody import read_identity
 from keys.keystore import create_keystore, open_keystore
 from shards.manifest import Manifest
 from shards.reader import iter_samples, load_manifest
-from test_audit_verify import read_samples
-from test_encrypt_job import settings, write_imagefolder
+from releases import job_settings as settings, read_samples, write_imagefolder
 
 PASSPHRASE = "Okapi-Lemur-3318-decrypt-forget"
 

@@ -16,39 +16,19 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import FMNIST_CLASSES, load_fashion_mnist, natural_photos
+from conftest import FMNIST_CLASSES, natural_photos
 from encrypt.ciphers import mix, unshuffle, unshuffle_mixed
 from encrypt.cli import cli
 from encrypt.decode import decode_image
 from encrypt.geometry import resize_center_crop
 from encrypt.main import encrypt_dataset
-from encrypt.plan import JobSettings
 from encrypt.sources import list_imagefolder
 from keys.keystore import create_keystore, open_keystore
+from releases import job_settings as settings, write_imagefolder
 from shards.reader import iter_samples, load_manifest, verify_shards
 
 PASSPHRASE = "correct horse battery staple 7f3a"
 BIN = Path(sys.executable).parent
-
-
-def settings(**kw) -> JobSettings:
-    base = dict(mode="shuffle", patch=4, sub_patch=None, size=32, resize=32, views=1, format="png",
-                quality=95, channels=1, shard_samples=16, min_side=8)
-    base.update(kw)
-    return JobSettings(**base)
-
-
-def write_imagefolder(root: Path, per_split: dict[str, int]) -> dict[str, Path]:
-    """Real Fashion-MNIST as SRC/{split}/{class}/*.png; returns rel_path -> file."""
-    files = {}
-    for split, count in per_split.items():
-        images, labels = load_fashion_mnist("train" if split == "train" else "test", limit=count)
-        for i, (img, lab) in enumerate(zip(images, labels)):
-            path = root / split / FMNIST_CLASSES[lab] / f"item-{split}-{i:04d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(path)
-            files[path.relative_to(root).as_posix()] = path
-    return files
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from keys.errors import KeystoreError
 from keys.index import index_path, load_index, save_index
 from keys.keystore import create_keystore, open_keystore
 from shards.reader import iter_samples, load_manifest
-from test_encrypt_job import settings, write_imagefolder
+from releases import job_settings as settings, write_imagefolder
 
 PASSPHRASE = b"Ibis-Tapir-5512-index-tests"
 DATASET = "fm-index"

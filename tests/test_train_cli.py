@@ -19,7 +19,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from test_train_data import make_keystore, make_release, write_imagefolder
+from releases import make_keystore, make_release, write_imagefolder
 from train.checkpoint import load_checkpoint
 from train.cli import cli
 
@@ -45,7 +45,9 @@ def keystore(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    return write_imagefolder(tmp_path_factory.mktemp("src") / "fmnist", {"train": 480, "val": 120})
+    root = tmp_path_factory.mktemp("src") / "fmnist"
+    write_imagefolder(root, {"train": 480, "val": 120})
+    return root
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """train.data on a real release: opening and checking it, streaming batches, the model input.
 
 Releases are built the way a data owner builds them (encrypt.main.encrypt_dataset, real
-Fashion-MNIST); `make_release` is shared with the other train test files.
+Fashion-MNIST); `tests/releases.py` builds them for every test file.
 """
 from __future__ import annotations
 
@@ -18,43 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FMNIST_CLASSES, REPO, load_fashion_mnist
-from encrypt.main import encrypt_dataset
-from encrypt.plan import JobSettings
-from encrypt.sources import list_imagefolder
-from keys.keystore import create_keystore
+from releases import SAMPLE, make_keystore, make_release
 from shards.manifest import CipherSpec, ManifestError
 from shards.reader import ShardError, load_manifest
 from train.augment import per_patch_hflip
 from train.data import Augmentation, BatchTransform, ShardLoader, open_release, worker_error_line
-
-PASSPHRASE = b"train tests: correct horse battery 5c1e"
-SAMPLE = REPO / "examples" / "fashion-mnist-sample"  # 2000 train + 500 val real images
-
-
-def make_keystore(tmp_path_factory):
-    return create_keystore(tmp_path_factory.mktemp("ks") / "keystore", PASSPHRASE)
-
-
-def write_imagefolder(root: Path, per_split: dict[str, int]) -> Path:
-    """Real Fashion-MNIST as root/{split}/{class}/*.png (val from the test set)."""
-    for split, count in per_split.items():
-        images, labels = load_fashion_mnist("train" if split == "train" else "test", limit=count)
-        for i, (img, lab) in enumerate(zip(images, labels)):
-            path = root / split / FMNIST_CLASSES[lab] / f"{split}-{i:05d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(path)
-    return root
-
-
-def make_release(out: Path, keystore, src: Path = SAMPLE, mode: str = "shuffle", *,
-                 sub_patch: int | None = None, shard_samples: int = 250, dataset_id: str = "fm-train"):
-    """A 32 px grayscale png release, patch 4, as `encrypt-dataset imagefolder` writes it."""
-    settings = JobSettings(mode=mode, patch=4, sub_patch=sub_patch, size=32, resize=32, views=1,
-                           format="png", quality=95, channels=1, shard_samples=shard_samples, min_side=8)
-    encrypt_dataset(list_imagefolder(src), out, keystore, dataset_id, settings, progress=False)
-    return load_manifest(out)
-
 
 def shard_contents(path: Path) -> list[tuple[str, int]]:
     """(sha1 of decoded pixels, label) per sample, read with tarfile + PIL (independent of train)."""

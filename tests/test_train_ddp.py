@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from test_train_data import make_keystore, make_release, write_imagefolder
+from releases import make_keystore, make_release, write_imagefolder
 from train.checkpoint import load_checkpoint
 from train.cli import cli
 from train.engine import evaluate_checkpoint
@@ -21,7 +21,8 @@ BATCH = 16  # per process
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory) -> Path:
-    source = write_imagefolder(tmp_path_factory.mktemp("src") / "fmnist", {"train": 480, "val": 120})
+    source = tmp_path_factory.mktemp("src") / "fmnist"
+    write_imagefolder(source, {"train": 480, "val": 120})
     out = tmp_path_factory.mktemp("rel") / "shuffle"
     make_release(out, make_keystore(tmp_path_factory), source, shard_samples=60)  # 8 + 2 shards
     return out

@@ -36,6 +36,7 @@ from train.detection_data import (
 )
 from train.detection_engine import (
     DetectionConfig,
+    build_detector,
     coco_map,
     evaluate_detection,
     evaluate_detection_checkpoint,
@@ -85,6 +86,18 @@ def releases(tmp_path_factory, canvas, keystore) -> dict[str, Path]:
         encrypt_dataset(list_coco(image_dir, Path(coco["path"])), out[mode], keystore, "canvas", settings,
                         progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def handful(tmp_path_factory, fmnist_small, keystore) -> Path:
+    """Eight other canvases, `mix`, one shard: what the tiny detector memorises."""
+    items, labels = fmnist_small
+    root = tmp_path_factory.mktemp("handful")
+    image_dir, ann_path = write_canvas_coco(root, items[200:], labels[200:], images=8, canvas=CANVAS, seed=1)
+    settings = JobSettings(mode="mix", patch=PATCH, sub_patch=SUB, size=SIZE, resize=SIZE, views=1,
+                           format="png", quality=95, channels=1, shard_samples=8, task="detection", min_side=1)
+    encrypt_dataset(list_coco(image_dir, ann_path), root / "release", keystore, "handful", settings, progress=False)
+    return root / "release"
 
 
 def _by_key(release: Path) -> dict:
@@ -213,11 +226,13 @@ def test_hflip_commutes_with_mix_and_moves_the_boxes(releases) -> None:
         before = target_from_meta(sample.meta, categories, (64, 64))
         target = flip_target(before)
         img = flipped[..., 0].astype(float)
-        for (x, y, w, h), (x0, _, w0, _) in zip(target["boxes_px"].tolist(), before["boxes_px"].tolist()):
+        for box, (x0, _, w0, _) in zip(target["boxes_px"].tolist(), before["boxes_px"].tolist()):
+            x, y, w, h = (round(v, 3) for v in box)  # float32 noise off the edges
+            assert x == pytest.approx(64 - x0 - w0, abs=1e-3)
             rows = slice(int(np.ceil(y)), int(y + h))
             crop = img[rows, int(np.ceil(x)):int(x + w)]  # the object is where the flipped box says
-            assert crop.mean() > img.mean()
-            np.testing.assert_array_equal(crop, sample.image[rows, int(np.ceil(x0)):int(x0 + w0), 0][:, ::-1])
+            assert crop.max() > 50  # not an empty corner of the canvas
+            np.testing.assert_array_equal(crop, sample.image[rows, int(np.ceil(round(x0, 3))):int(round(x0 + w0, 3)), 0][:, ::-1])
         torch.testing.assert_close(normalized_to_pixels(target["boxes"], (64, 64)), target["boxes_px"])
     release = open_detection_release(releases["mix"])
     images, targets = next(iter(DetectionLoader(release, "train", batch_size=4, train=False).epoch(0)))
@@ -290,8 +305,8 @@ def test_coco_map_of_real_boxes_mapped_back_to_stored_pixels(releases) -> None:
     assert score(wrong_class=True)["map"] == pytest.approx(0.0)
     half = score(shift=0.5)  # IoU of a box and itself moved by half its width: 1/3
     assert half["ap50"] == pytest.approx(0.0) and half["map"] == pytest.approx(0.0)
-    slight = score(shift=0.15)  # IoU 0.74: counts at 0.5 and 0.7, not at 0.75
-    assert slight["ap50"] == pytest.approx(1.0) and slight["ap75"] == pytest.approx(0.0)
+    slight = score(shift=0.15)  # IoU 0.74 (more where the image edge clips): counts at 0.5, mostly not at 0.75
+    assert slight["ap50"] == pytest.approx(1.0) and slight["ap75"] < 0.5 and 0.45 < slight["map"] < 0.85
     # a box in plain-image pixels would be twice too large in the stored 32 px image
     wrong = predictions_to_coco(_oracle_outputs(targets, categories, 6), sizes * 2, categories, ids)
     assert coco_map(wrong, truth, meta, categories)["ap50"] < 0.2
@@ -300,18 +315,16 @@ def test_coco_map_of_real_boxes_mapped_back_to_stored_pixels(releases) -> None:
 # -- training ----------------------------------------------------------------------------------
 
 def _config(release: Path, out: Path, **kw) -> DetectionConfig:
-    base = dict(shards=str(release), out=str(out), model="nano", model_kwargs={"depth": 2}, num_det_tokens=8,
-                batch_size=8, lr=1e-3, warmup_epochs=0, hflip=0.0, workers=0, progress=False,
+    base = dict(shards=str(release), out=str(out), model="nano", model_kwargs={"depth": 2}, num_det_tokens=10,
+                batch_size=8, lr=1e-3, min_lr=1e-3, warmup_epochs=0, hflip=0.0, workers=0, progress=False,
                 val_split="train", log_every=1)
     return DetectionConfig(**(base | kw))
 
 
-def test_tiny_detector_overfits_a_handful_of_canvases(releases, tmp_path) -> None:
-    config = _config(releases["mix"], tmp_path / "run", epochs=70, eval_every=35, clip_grad=1.0)
-    release = open_detection_release(releases["mix"])
+def test_tiny_detector_overfits_a_handful_of_canvases(handful, releases, tmp_path) -> None:
+    config = _config(handful, tmp_path / "run", epochs=100, eval_every=50)
+    release = open_detection_release(handful)
     categories = CategoryMap.from_manifest(release.manifest)
-    from train.detection_engine import build_detector
-
     torch.manual_seed(config.seed)  # the run's own initial weights
     _, _, untrained = build_detector(config, release)
     loader = DetectionLoader(release, "train", batch_size=8, train=False)
@@ -320,20 +333,20 @@ def test_tiny_detector_overfits_a_handful_of_canvases(releases, tmp_path) -> Non
 
     summary = fit_detection(config, device="cpu")
     after = summary["val"]
-    assert before["map"] < 0.02
-    assert after["map"] > 0.3 and after["ap50"] > 0.5, after
-    assert summary["step"] == 70 * 2
+    assert before["map"] < 0.05 and before["ap50"] < 0.1, before
+    assert after["map"] > 0.4 and after["ap50"] > 0.6, after
+    assert summary["step"] == 100
 
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl", "last.pt", "best.pt"}
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in lines if r["event"] == "epoch"]
-    assert len(epochs) == 70 and lines[0]["event"] == "config"
-    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] / 2
+    assert len(epochs) == 100 and lines[0]["event"] == "config"
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] / 3
     scored = [r["val_map"] for r in epochs if "val_map" in r]
     assert len(scored) == 2 and summary["best_map"] == max(scored)
-    again = evaluate_detection_checkpoint(run / "best.pt", releases["mix"], split="train", device="cpu")
-    assert again["map"] == pytest.approx(summary["best_map"]) and again["images"] == IMAGES
+    again = evaluate_detection_checkpoint(run / "best.pt", handful, split="train", device="cpu")
+    assert again["map"] == pytest.approx(summary["best_map"]) and again["images"] == 8
     # a model for mixed 32 px images cannot be scored on plain 64 px shards
     with pytest.raises(CheckpointError, match="trained on mix p=8 s=4 64x64 1ch shards"):
         evaluate_detection_checkpoint(run / "best.pt", releases["none"], split="train", device="cpu")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train_data import SAMPLE, make_keystore, make_release
+from releases import SAMPLE, make_keystore, make_release
 from train.checkpoint import load_checkpoint
 from train.engine import TrainConfig, evaluate_checkpoint, train
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import timm
 import torch
 from pycocotools.coco import COCO
@@ -40,7 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from shards.manifest import atomic_write_bytes
-from train.box_ops import cxcywh_to_xyxy, normalized_to_pixels
+from train.box_ops import cxcywh_to_xyxy
 from train.checkpoint import (
     CheckpointError,
     capture_rng,
@@ -80,6 +79,7 @@ __all__ = [
     "evaluate_detection",
     "evaluate_detection_checkpoint",
     "fit_detection",
+    "load_detector",
     "predictions_to_coco",
     "train_one_epoch_detection",
 ]

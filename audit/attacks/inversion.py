@@ -16,7 +16,6 @@ Both last answers are projected onto the images that are valid (0..255) and mix 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +23,7 @@ import scipy.sparse as sp
 import torch
 from PIL import Image
 from scipy.sparse.linalg import splu
+from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from audit.attacks.learned import random_windows
@@ -41,7 +41,8 @@ def _geometry(mixed: np.ndarray, patch: int, sub_patch: int) -> tuple[np.ndarray
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[0] == 0:
-        raise ValueError(f"expected a batch of mixed images of shape N×h×w[×C], got {np.asarray(mixed).shape}")
+        raise ValueError(f"expected a batch of mixed images of shape N×h×w[×C], "
+                         f"got {np.asarray(mixed).shape}")
     if sub_patch <= 0 or patch % sub_patch:
         raise ValueError(f"sub-patch {sub_patch} does not divide patch {patch}")
     if x.shape[1] % sub_patch or x.shape[2] % sub_patch:
@@ -211,10 +212,10 @@ def train_upsampler(public_images: np.ndarray | Sequence[np.ndarray], patch: int
         torch.manual_seed(seed)
         model = Upsampler(patch, sub_patch, channels, width, smoothness)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, steps // 20)) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    sched = CosineLRScheduler(opt, t_initial=steps, lr_min=lr / 100, warmup_t=max(1, steps // 20),
+                              warmup_lr_init=lr / 100, t_in_epochs=False)
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
         plain = random_windows(public_images, side_h, side_w, batch_size, gen, flip=flip, align=patch)
         plain_np = plain.permute(0, 2, 3, 1).numpy().astype(np.float64) * 255.0
         # The stored image is rounded to uint8, as the cipher does.
@@ -225,7 +226,7 @@ def train_upsampler(public_images: np.ndarray | Sequence[np.ndarray], patch: int
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
+        sched.step_update(step + 1)
     model.eval()
     return model
 

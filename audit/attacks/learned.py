@@ -14,7 +14,6 @@ position perm[i]; a placement says placement[p] = the shuffled tile put at posit
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from timm.models.vision_transformer import VisionTransformer
+from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from audit.attacks.jigsaw import (has_subsampled_chroma, pair_confidence, pairwise_dissimilarity,
@@ -117,6 +117,14 @@ def _image(tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return x.reshape(b, c, rows * t, cols * t)
 
 
+@dataclass
+class TrainLog:
+    """Loss and per-tile position accuracy over the last tenth of training (on public data)."""
+
+    loss: float
+    tile_accuracy: float
+
+
 class PositionAttacker(nn.Module):
     """A position-free ViT over the tiles of a shuffled image and a per-tile position head.
 
@@ -134,18 +142,11 @@ class PositionAttacker(nn.Module):
             global_pool="", class_token=False, pos_embed="none", embed_dim=dim, depth=depth,
             num_heads=heads, mlp_ratio=2.0)
         self.head = nn.Linear(dim, rows * cols)
+        self.train_log: TrainLog | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """B×C×H×W in 0..1 → B×N×N logits: [b, i, p] = score of tile i coming from position p."""
         return self.head(self.encoder.forward_features((x - 0.5) / 0.25))
-
-
-@dataclass
-class TrainLog:
-    """Loss and per-tile position accuracy over the last tenth of training (on public data)."""
-
-    loss: float
-    tile_accuracy: float
 
 
 def train_position_attacker(public_images: np.ndarray | Sequence[np.ndarray], tile: int,
@@ -184,9 +185,8 @@ def train_position_attacker(public_images: np.ndarray | Sequence[np.ndarray], ti
         model = PositionAttacker(tile, (rows, cols), channels, dim=dim, depth=depth, heads=heads)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    sched = CosineLRScheduler(opt, t_initial=steps, lr_min=lr / 100, warmup_t=max(1, steps // 20),
+                              warmup_lr_init=lr / 100, t_in_epochs=False)
     tail_loss, tail_acc, tail = 0.0, 0.0, 0
     for step in range(steps):
         x = random_windows(public_images, rows * plain_tile, cols * plain_tile, batch_size, gen,
@@ -202,7 +202,7 @@ def train_position_attacker(public_images: np.ndarray | Sequence[np.ndarray], ti
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
+        sched.step_update(step + 1)
         if step >= steps - max(1, steps // 10):
             tail_loss += float(loss.detach())
             tail_acc += float((logits.argmax(-1) == target).float().mean())

@@ -1,0 +1,117 @@
+"""Loader throughput and train-step speed, each as a ratio against a baseline in the same run.
+
+- loader_ratio: images/s from encrypted shards to batched uint8 tensors (train.data.ShardLoader)
+  ÷ a torchvision ImageFolder + DataLoader over the same PNG images, same batch size and
+  workers. Target ≥ 1.
+- step_ratio: PEViT train steps/s ÷ a timm ViT of the same size (same depth, width, tokens,
+  batch). Target ≥ 0.95. Interleaved repeats; medians.
+Prints one JSON object.
+
+    python benchmarks/loader_and_step.py [--workers 2] [--batch-size 128] [--steps 30]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "examples" / "fashion-mnist-sample"
+
+
+def loader_figures(work: Path, workers: int, batch_size: int, repeats: int) -> dict:
+    import torch
+    from torchvision import datasets, transforms
+
+    from encrypt.main import encrypt_dataset
+    from encrypt.plan import JobSettings
+    from encrypt.sources import list_imagefolder
+    from keys.keystore import create_keystore
+    from train.data import ShardLoader, open_release
+
+    store = create_keystore(work / "ks", b"benchmark passphrase, throwaway")
+    out = work / "release"
+    settings = JobSettings(mode="shuffle", patch=4, sub_patch=None, size=28, resize=28, views=1, format="png",
+                           quality=95, channels=1, shard_samples=250, min_side=8)
+    encrypt_dataset(list_imagefolder(SAMPLE), out, store, "loader-bench", settings, progress=False)
+    release = open_release(out, ("train",))
+    shards = ShardLoader(release, "train", batch_size=batch_size, train=True, workers=workers, seed=0)
+    folder = datasets.ImageFolder(str(SAMPLE / "train"), transform=transforms.PILToTensor())
+    plain = torch.utils.data.DataLoader(folder, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                        drop_last=True, persistent_workers=False)
+
+    def rate(batches) -> float:
+        t0, n = time.perf_counter(), 0
+        for images, _labels in batches:
+            n += images.shape[0]
+        return n / (time.perf_counter() - t0)
+
+    shard_rates, folder_rates = [], []
+    for epoch in range(repeats):
+        shard_rates.append(rate(shards.epoch(epoch)))
+        folder_rates.append(rate(plain))
+    s, f = statistics.median(shard_rates), statistics.median(folder_rates)
+    return {"shards_images_per_s": round(s, 1), "imagefolder_images_per_s": round(f, 1),
+            "loader_ratio": round(s / f, 3), "images": len(folder), "workers": workers}
+
+
+def step_figures(batch_size: int, steps: int, repeats: int) -> dict:
+    import timm
+    import torch
+
+    import train.models  # noqa: F401  registers pevit_* / mivit_*
+
+    common = dict(num_classes=10, img_size=32, patch_size=4, in_chans=1, depth=6, embed_dim=192, num_heads=3)
+    models = {"pevit": timm.create_model("pevit_tiny_patch4_32", **common),
+              "vit": timm.create_model("vit_tiny_patch16_224", **common)}
+    x = torch.randn(batch_size, 1, 32, 32)
+    y = torch.randint(0, 10, (batch_size,))
+
+    def rate(model) -> float:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        for _ in range(3):  # warm-up
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        return steps / (time.perf_counter() - t0)
+
+    rates = {k: [] for k in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            rates[name].append(rate(model))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
+    return {"pevit_steps_per_s": round(med["pevit"], 2), "vit_steps_per_s": round(med["vit"], 2),
+            "step_ratio": round(med["pevit"] / med["vit"], 3), "params": params,
+            "batch_size": batch_size, "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="pv-loader-"))
+    try:
+        loader = loader_figures(work, args.workers, args.batch_size, args.repeats)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    step = step_figures(64, args.steps, args.repeats)
+    print(json.dumps({"loader": loader, "train_step": step,
+                      "targets": {"loader_ratio": 1.0, "step_ratio": 0.95}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
