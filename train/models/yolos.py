@@ -6,6 +6,15 @@ the last block each detection token goes through two MLP heads: class logits (ob
 classes plus "no object") and a normalised (cx, cy, w, h) box. Training matches tokens to
 objects one-to-one (``train.matcher``, ``train.detection_losses``).
 
+Two initialisations make a small detector trainable from scratch in minutes rather than
+days (measured on the canvas set: without them every token predicted the same mean box
+after 2,500 steps). Each detection token owns a learnable reference point, spread on an
+even grid at the start, and predicts its box centre relative to it
+(``sigmoid(Δ + logit(reference))``, the reference points of Deformable DETR), so Hungarian
+matching gives each token the objects near it instead of pulling all tokens to the mean box.
+The patch position embeddings start as timm's 2-D sin-cos embedding (still learned), so
+positions are readable from the first step.
+
 Detection needs positions, so it runs on ``mix`` shards (positions kept) with MI-ViT's
 ``MixedPatchEmbed``, or on the plain ``none`` baseline with timm's ``PatchEmbed``. The
 backbone is built with ``dynamic_img_size``: its patch position embeddings are interpolated
@@ -19,17 +28,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import math
+
 import timm
 import torch
 from torch import nn
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
 from train.models.mivit import create_mivit
 
-__all__ = ["SIZES", "YOLOS", "detector_for_cipher"]
+__all__ = ["SIZES", "YOLOS", "detector_for_cipher", "reference_grid"]
 
 SIZES = ("nano", "tiny", "small", "base")
 _DIMS = {
@@ -52,12 +64,21 @@ class MLP(nn.Sequential):
         super().__init__(*modules, nn.Linear(dims[-1], out_dim))
 
 
+def reference_grid(n: int) -> torch.Tensor:
+    """n (cx, cy) points in (0, 1), row by row on the most even grid that holds n."""
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    i = torch.arange(n, dtype=torch.float32)
+    return torch.stack([(i % cols + 0.5) / cols, (i // cols + 0.5) / rows], dim=-1)
+
+
 class YOLOS(nn.Module):
     """A ViT backbone plus ``num_det_tokens`` detection tokens and class/box heads.
 
     ``forward(images)`` returns ``pred_logits`` (B, N, num_classes + 1; the last class is
     "no object"), ``pred_boxes`` (B, N, 4) normalised (cx, cy, w, h) in [0, 1], and, with
     ``aux_loss``, ``aux_outputs``: the same for the detection tokens after each earlier block.
+    Before training, token i predicts a box centred on its reference point.
     """
 
     def __init__(self, backbone: VisionTransformer, num_classes: int, num_det_tokens: int = 100,
@@ -76,17 +97,35 @@ class YOLOS(nn.Module):
         self.det_pos_embed = nn.Parameter(torch.zeros(1, num_det_tokens, dim))
         trunc_normal_(self.det_token, std=0.02)
         trunc_normal_(self.det_pos_embed, std=0.02)
+        self.det_reference = nn.Parameter(reference_grid(num_det_tokens).logit())
         self.class_embed = MLP(dim, dim, num_classes + 1)
         self.bbox_embed = MLP(dim, dim, 4)
+        nn.init.zeros_(self.bbox_embed[-1].weight)  # start exactly on the reference points
+        nn.init.zeros_(self.bbox_embed[-1].bias)
+        self._sincos_position_embedding()
         self.pretrained_cfg = getattr(backbone, "pretrained_cfg", {})
+
+    @torch.no_grad()
+    def _sincos_position_embedding(self) -> None:
+        """Patch position embeddings start as the 2-D sin-cos table (class token's stays)."""
+        vit = self.backbone
+        if vit.embed_dim % 4 or vit.pos_embed.device.type == "meta":
+            return
+        prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
+        table = build_sincos2d_pos_embed(list(vit.patch_embed.grid_size), vit.embed_dim)
+        vit.pos_embed[0, prefix:] = table.to(vit.pos_embed.dtype)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Tokens and position embeddings are not decayed (timm's optimizer factory reads this)."""
-        return {"det_token", "det_pos_embed", *(f"backbone.{n}" for n in self.backbone.no_weight_decay())}
+        return {"det_token", "det_pos_embed", "det_reference",
+                *(f"backbone.{n}" for n in self.backbone.no_weight_decay())}
 
     def _heads(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"pred_logits": self.class_embed(tokens), "pred_boxes": self.bbox_embed(tokens).sigmoid()}
+        delta = self.bbox_embed(tokens)
+        centre = (delta[..., :2] + self.det_reference).sigmoid()
+        return {"pred_logits": self.class_embed(tokens),
+                "pred_boxes": torch.cat([centre, delta[..., 2:].sigmoid()], dim=-1)}
 
     def forward(self, images: torch.Tensor) -> dict[str, Any]:
         vit = self.backbone

@@ -1,0 +1,315 @@
+"""Jigsaw solver for tiles of unknown orientation: the attack on the `-orient` modes.
+
+`-orient` modes turn every tile by its own secret element of D4 (the flips and quarter
+turns of a square). An attacker then has 8 candidate pictures per tile and must choose one
+of them as well as a place. This is the greedy solver of `audit/attacks/jigsaw.py` over
+"virtual tiles" (every tile in each of its 8 orientations), after Gallagher (CVPR 2012,
+type-2 puzzles) extended from 4 to 8 orientations:
+
+1. Mahalanobis gradient compatibility (plus the edge-prediction term for single-channel
+   tiles) of "virtual tile v right of virtual tile u" for all 8N×8N pairs, in chunks;
+   "below" is "right of" after a quarter turn of both tiles. Pairs of one tile with itself
+   are excluded.
+2. Best-to-second-best confidence (`jigsaw.pair_confidence`).
+3. Kruskal-style merge of clusters in order of confidence. Each cluster fixes its tiles'
+   orientations up to one turn of the whole cluster; a merge turns the smaller cluster so
+   the pair fits, and is refused when tiles would overlap or the cluster outgrow the grid.
+4. The largest cluster is placed on the grid; the rest fill the empty cells greedily (cell
+   with most placed neighbours first, best tile and orientation there).
+
+The answer is a placement and an orientation per cell; it may be the original picture
+turned as a whole, which hides nothing, so `oriented_neighbour_accuracy` scores the best of
+the 8 global turns.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from audit.attacks.jigsaw import pair_confidence
+from encrypt.ciphers import DIHEDRAL, _turn, from_tokens, to_tokens
+
+__all__ = ["compose", "oriented_neighbour_accuracy", "reconstruct_oriented", "solve_oriented"]
+
+
+@lru_cache(maxsize=1)
+def _matrices() -> np.ndarray:
+    """(8, 2, 2) integer matrices: how D4 element k moves a (row, col) offset on the grid.
+
+    Read off `encrypt.ciphers._turn` itself, so grid moves and tile turns always agree.
+    """
+    grid = np.arange(9).reshape(1, 3, 3, 1)
+    out = np.zeros((DIHEDRAL, 2, 2), dtype=np.int64)
+    for k in range(DIHEDRAL):
+        turned = _turn(grid, k)[0, ..., 0]
+        for axis, source in ((0, 7), (1, 5)):  # the cell below and the cell right of the centre
+            r, c = np.argwhere(turned == source)[0]
+            out[k, :, axis] = (r - 1, c - 1)
+    return out
+
+
+@lru_cache(maxsize=1)
+def _table() -> np.ndarray:
+    """compose[a, b]: the element that turns by b, then by a."""
+    mats = _matrices()
+    table = np.zeros((DIHEDRAL, DIHEDRAL), dtype=np.int64)
+    for a in range(DIHEDRAL):
+        for b in range(DIHEDRAL):
+            product = mats[a] @ mats[b]
+            table[a, b] = next(k for k in range(DIHEDRAL) if np.array_equal(mats[k], product))
+    return table
+
+
+def compose(a, b):
+    """D4 product: turning by b, then by a, equals turning by compose(a, b) (arrays allowed)."""
+    return _table()[a, b]
+
+
+def _inverse(k):
+    return np.argmax(_table()[k] == 0, axis=-1) if np.ndim(k) else int(np.argmax(_table()[k] == 0))
+
+
+def _quarter_to_right() -> int:
+    """The element that moves the offset "below" (1, 0) to "right" (0, 1)."""
+    mats = _matrices()
+    return next(k for k in range(DIHEDRAL) if tuple(mats[k] @ np.array([1, 0])) == (0, 1))
+
+
+def _mgc_sides(tiles: np.ndarray, ridge: float = 1.0):
+    """Per tile: right edge, left edge, and the gradient statistics beside each."""
+    t, c = tiles.shape[1], tiles.shape[-1]
+    out = {}
+    for name, edge, inner in (("right", tiles[:, :, -1], tiles[:, :, -2]), ("left", tiles[:, :, 0], tiles[:, :, 1])):
+        grad = edge - inner
+        mean = grad.mean(axis=1)
+        centred = grad - mean[:, None]
+        cov = np.einsum("ntc,ntd->ncd", centred, centred) / max(t - 1, 1) + ridge * np.eye(c)
+        out[name] = (edge, inner, mean, np.linalg.inv(cov))
+    return out
+
+
+def _right_scores(virtual: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """(M, M) dissimilarity of "virtual tile j right of virtual tile i" (MGC from both sides).
+
+    Single-channel tiles add the median-scaled edge-prediction error, as the plain solver does.
+    """
+    m = virtual.shape[0]
+    sides = _mgc_sides(virtual)
+    r_edge, r_inner, r_mean, r_inv = sides["right"]   # of the left tile of a pair
+    l_edge, l_inner, l_mean, l_inv = sides["left"]    # of the right tile of a pair
+    mgc = np.empty((m, m))
+    pred = np.empty((m, m)) if virtual.shape[-1] == 1 else None
+    for s in range(0, m, chunk):
+        e = slice(s, s + chunk)
+        seam = l_edge[None] - r_edge[e, None]                             # (k, M, t, C)
+        d = seam - r_mean[e, None, None]
+        score = np.einsum("ijtc,icd,ijtd->ij", d, r_inv[e], d)
+        d = -seam - l_mean[None, :, None]
+        score += np.einsum("ijtc,jcd,ijtd->ij", d, l_inv, d)
+        mgc[e] = score
+        if pred is not None:
+            forward = np.abs((2 * r_edge[e] - r_inner[e])[:, None] - l_edge[None])
+            backward = np.abs((2 * l_edge - l_inner)[None] - r_edge[e, None])
+            pred[e] = (forward + backward).sum(axis=(2, 3))
+    if pred is None:
+        return mgc
+    return mgc / max(float(np.median(mgc)), 1e-12) + pred / max(float(np.median(pred)), 1e-12)
+
+
+def oriented_dissimilarity(tiles: np.ndarray) -> np.ndarray:
+    """(2, 8N, 8N): [0][u, v] virtual tile v right of u, [1][u, v] v below u; u = 8·tile + turn.
+
+    Pairs of a tile with itself (in any two turns) are +inf.
+    """
+    x = np.asarray(tiles, dtype=np.float64)
+    if x.ndim == 3:
+        x = x[..., None]
+    n = x.shape[0]
+    virtual = np.stack([_turn(x, k) for k in range(DIHEDRAL)], axis=1).reshape(n * DIHEDRAL, *x.shape[1:])
+    right = _right_scores(virtual)
+    # v below u  ⇔  after turning the picture by q, turned v is right of turned u.
+    q = _quarter_to_right()
+    index = (np.arange(n)[:, None] * DIHEDRAL + compose(q, np.arange(DIHEDRAL))[None]).reshape(-1)
+    below = right[np.ix_(index, index)]
+    out = np.stack([right, below])
+    owner = np.repeat(np.arange(n), DIHEDRAL)
+    out[:, owner[:, None] == owner[None, :]] = np.inf
+    return out
+
+
+_STEPS = (np.array([0, 1]), np.array([1, 0]))
+
+
+class _Clusters:
+    """Union of tiles with a cell and an orientation each, merged by turning whole clusters."""
+
+    def __init__(self, n: int, side: int) -> None:
+        self.side = side
+        self.cluster = np.arange(n)
+        self.cell = np.zeros((n, 2), dtype=np.int64)
+        self.turn = np.zeros(n, dtype=np.int64)
+        self.members = {i: [i] for i in range(n)}
+        self.occupied = {i: {(0, 0)} for i in range(n)}
+
+    def merge(self, i: int, gi: int, j: int, gj: int, step: np.ndarray) -> bool:
+        """Join j's cluster to i's so that (i turned gi, j turned gj, j at i + step) holds."""
+        a, b = self.cluster[i], self.cluster[j]
+        if a == b:
+            return False
+        if len(self.members[a]) < len(self.members[b]):   # move the smaller cluster
+            i, gi, j, gj, step, a, b = j, gj, i, gi, -step, b, a
+        mats = _matrices()
+        turn_pair = compose(self.turn[i], _inverse(gi))      # the pair as i's cluster holds it
+        j_turn = compose(turn_pair, gj)
+        j_cell = self.cell[i] + mats[turn_pair] @ step
+        move = compose(j_turn, _inverse(self.turn[j]))       # turns all of j's cluster
+        moved = self.members[b]
+        cells = j_cell + (self.cell[moved] - self.cell[j]) @ mats[move].T
+        new = {tuple(c) for c in cells.tolist()}
+        if not new.isdisjoint(self.occupied[a]):
+            return False
+        every = np.array(list(self.occupied[a] | new))
+        if (every.max(axis=0) - every.min(axis=0) + 1 > self.side).any():
+            return False
+        self.cell[moved] = cells
+        self.turn[moved] = compose(move, self.turn[moved])
+        self.cluster[moved] = a
+        self.members[a] += moved
+        self.occupied[a] |= new
+        del self.members[b], self.occupied[b]
+        return True
+
+
+def _fill(grid: np.ndarray, turns: np.ndarray, dis: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fill empty cells (-1) with the best remaining (tile, turn), most placed neighbours first."""
+    side = grid.shape[0]
+    grid, turns = grid.copy(), turns.copy()
+    placed = np.zeros(n, dtype=bool)
+    placed[grid[grid >= 0]] = True
+    sides = (((0, -1), 0, True), ((0, 1), 0, False), ((-1, 0), 1, True), ((1, 0), 1, False))
+    while not placed.all():
+        free = np.flatnonzero(~placed)
+        candidates = (free[:, None] * DIHEDRAL + np.arange(DIHEDRAL)[None]).reshape(-1)
+        virtual = np.where(grid >= 0, grid * DIHEDRAL + turns, -1)
+        cost = np.zeros((side, side, candidates.size))
+        count = np.zeros((side, side), dtype=np.int64)
+        for (dr, dc), o, first in sides:
+            neighbour = np.full((side, side), -1)
+            neighbour[max(-dr, 0):side - max(dr, 0), max(-dc, 0):side - max(dc, 0)] = \
+                virtual[max(dr, 0):side - max(-dr, 0), max(dc, 0):side - max(-dc, 0)]
+            has = neighbour >= 0
+            d = dis[o][neighbour[has]][:, candidates] if first else dis[o][:, neighbour[has]].T[:, candidates]
+            cost[has] += d
+            count += has
+        empty = grid < 0
+        most = count[empty].max()
+        slots = np.argwhere(empty & (count == most))
+        per_slot = cost[slots[:, 0], slots[:, 1]] / max(most, 1)
+        s, k = np.unravel_index(np.argmin(per_slot), per_slot.shape)
+        tile, turn = divmod(int(candidates[k]), DIHEDRAL)
+        grid[slots[s, 0], slots[s, 1]] = tile
+        turns[slots[s, 0], slots[s, 1]] = turn
+        placed[tile] = True
+    return grid, turns
+
+
+def _cost(grid: np.ndarray, turns: np.ndarray, dis: np.ndarray) -> float:
+    v = grid * DIHEDRAL + turns
+    return float(dis[0][v[:, :-1], v[:, 1:]].sum() + dis[1][v[:-1], v[1:]].sum())
+
+
+def solve_oriented(tiles: np.ndarray, side: int, *, max_offsets: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Place and turn N tiles (N×t×t[×C]) on a side×side grid.
+
+    Returns (placement, turns): placement[p] = index of the tile at cell p (row-major) and
+    turns[p] = the D4 element applied to that stored tile to draw it. At most `max_offsets`
+    positions of the largest cluster are tried (evenly spread) to bound the time.
+    """
+    tiles = np.asarray(tiles)
+    if tiles.ndim not in (3, 4) or tiles.shape[1] != tiles.shape[2]:
+        raise ValueError(f"expected square tiles of shape N×t×t[×C], got {tiles.shape}")
+    n = tiles.shape[0]
+    if side < 1 or n != side * side:
+        raise ValueError(f"{n} tiles do not fill a {side}x{side} grid")
+    if tiles.shape[1] < 3:
+        raise ValueError(f"tiles of {tiles.shape[1]} px are too small to compare edges (need 3)")
+    dis = oriented_dissimilarity(tiles)
+    conf = pair_confidence(dis)
+    clusters = _Clusters(n, side)
+    flat = conf.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    order = order[np.isfinite(flat[order])]
+    merges = 0
+    for o, u, v in zip(*(a.tolist() for a in np.unravel_index(order, conf.shape))):
+        (i, gi), (j, gj) = divmod(u, DIHEDRAL), divmod(v, DIHEDRAL)
+        if clusters.merge(i, gi, j, gj, _STEPS[o]):
+            merges += 1
+            if merges == n - 1:
+                break
+    core_id = max(clusters.members, key=lambda c: len(clusters.members[c]))
+    core = np.array(clusters.members[core_id])
+    at = clusters.cell[core] - clusters.cell[core].min(axis=0)
+    height, width = at.max(axis=0) + 1
+    offsets = [(r, c) for r in range(side - height + 1) for c in range(side - width + 1)]
+    if len(offsets) > max_offsets:
+        offsets = [offsets[i] for i in np.linspace(0, len(offsets) - 1, max_offsets).round().astype(int)]
+    best, best_cost = None, np.inf
+    for r0, c0 in offsets:
+        grid = np.full((side, side), -1)
+        turns = np.zeros((side, side), dtype=np.int64)
+        grid[at[:, 0] + r0, at[:, 1] + c0] = core
+        turns[at[:, 0] + r0, at[:, 1] + c0] = clusters.turn[core]
+        grid, turns = _fill(grid, turns, dis, n)
+        cost = _cost(grid, turns, dis)
+        if cost < best_cost:
+            best, best_cost = (grid, turns), cost
+    return best[0].reshape(-1), best[1].reshape(-1)
+
+
+def draw(stored: np.ndarray, placement: np.ndarray, turns: np.ndarray, tile: int) -> np.ndarray:
+    """The picture a (placement, turns) answer draws from a stored H×W[×C] image."""
+    img = np.asarray(stored)
+    x = img[..., None] if img.ndim == 2 else img
+    rows, cols = x.shape[0] // tile, x.shape[1] // tile
+    tokens = to_tokens(x, tile)[placement]
+    out = np.stack([_turn(tokens[p][None], int(turns[p]))[0] for p in range(len(placement))])
+    out = from_tokens(out, rows, cols)
+    return out[..., 0] if img.ndim == 2 else out
+
+
+def reconstruct_oriented(stored_image: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Solve a square stored image of shuffled, turned tiles: (picture, placement, turns)."""
+    img = np.asarray(stored_image)
+    x = img[..., None] if img.ndim == 2 else img
+    if x.shape[0] != x.shape[1] or x.shape[0] % tile:
+        raise ValueError(f"expected a square image made of {tile} px tiles, got {x.shape[0]}x{x.shape[1]}")
+    side = x.shape[0] // tile
+    placement, turns = solve_oriented(to_tokens(x, tile), side)
+    return draw(img, placement, turns, tile), placement, turns
+
+
+def oriented_neighbour_accuracy(placement: np.ndarray, turns: np.ndarray, perm: np.ndarray,
+                                orientations: np.ndarray, side: int) -> float:
+    """Fraction of original right/below adjacencies restored with both tiles upright.
+
+    `perm` and `orientations` are the cipher's: stored tile s came from position perm[s]
+    and was turned by orientations[s] (after the shuffle: orientations index stored tiles).
+    The best of the 8 turns of the whole answer counts (a turned picture hides nothing).
+    """
+    placement, turns = np.asarray(placement), np.asarray(turns)
+    perm, orientations = np.asarray(perm), np.asarray(orientations)
+    origin = perm[placement].reshape(side, side)
+    net = compose(turns, orientations[placement]).reshape(side, side)   # upright iff 0
+    pairs = 2 * side * (side - 1)
+    if pairs == 0:
+        return 1.0
+    best = 0.0
+    for g in range(DIHEDRAL):
+        o = _turn(origin[None, ..., None], g)[0, ..., 0]
+        t = compose(g, _turn(net[None, ..., None], g)[0, ..., 0])
+        up = t == 0
+        right = (o[:, 1:] == o[:, :-1] + 1) & (o[:, :-1] % side != side - 1) & up[:, 1:] & up[:, :-1]
+        below = (o[1:, :] == o[:-1, :] + side) & up[1:, :] & up[:-1, :]
+        best = max(best, float((right.sum() + below.sum()) / pairs))
+    return best
