@@ -10,6 +10,8 @@ tiles of a row-major grid: token i sits at row i // cols, column i % cols.
 - mix:         each p×p patch becomes the mean of its (p/s)² s×s sub-patches; the result is
                stored as the smaller (H·s/p)×(W·s/p) image, positions kept (no key).
 - mix-shuffle: mix, then shuffle the s×s tiles of the mixed image.
+- mix-shuffle-orient: mix-shuffle, then turn every stored s×s tile by its own keyed element
+               of D4 (`orient_tiles`); models read it with a D4-invariant embedding.
 
 Hardened building blocks (docs/privacy.md measures every combination):
 - scramble_tiles: one fixed permutation of the t·t·C values inside every tile, the same for
@@ -23,7 +25,10 @@ from __future__ import annotations
 
 import numpy as np
 
-MODES = ("shuffle", "mix", "mix-shuffle")
+MODES = ("shuffle", "mix", "mix-shuffle")          # the paper's modes and their combination
+HARDENED_MODES = ("mix-shuffle-orient",)          # measured in docs/privacy.md
+ALL_MODES = MODES + HARDENED_MODES
+ORIENTED_MODES = ("mix-shuffle-orient",)
 DIHEDRAL = 8  # elements of D4: k < 4 is k quarter turns; k >= 4 mirrors first, then k - 4 turns
 
 
@@ -221,31 +226,70 @@ def unorient_tiles(img: np.ndarray, orientations, tile: int) -> np.ndarray:
 def stored_size(mode: str, h: int, w: int, patch: int, sub_patch: int | None) -> tuple[int, int]:
     """Size of the stored image for a cipher applied to an h×w image."""
     _check_grid(h, w, patch)
-    if mode in ("mix", "mix-shuffle"):
+    if mode in ("mix", "mix-shuffle", "mix-shuffle-orient"):
         if not sub_patch or patch % sub_patch:
             raise ValueError(f"sub-patch {sub_patch} does not divide patch {patch}")
         return h // patch * sub_patch, w // patch * sub_patch
     if mode in ("shuffle", "none"):
         return h, w
-    raise ValueError(f"unknown cipher mode {mode!r}; choose one of {', '.join(MODES)}")
+    raise ValueError(f"unknown cipher mode {mode!r}; choose one of {', '.join(ALL_MODES)}")
 
 
 def permutation_length(mode: str, h: int, w: int, patch: int, sub_patch: int | None = None) -> int:
     """How many tokens a mode's per-image permutation has (0 for keyless modes)."""
     stored_size(mode, h, w, patch, sub_patch)
-    if mode in ("shuffle", "mix-shuffle"):
+    if mode in ("shuffle", "mix-shuffle", "mix-shuffle-orient"):
         return (h // patch) * (w // patch)
     return 0
 
 
-def encrypt_image(img: np.ndarray, mode: str, perm, patch: int, sub_patch: int | None) -> np.ndarray:
-    """Apply one mode; perm is ignored by the keyless modes."""
+def orientation_length(mode: str, h: int, w: int, patch: int, sub_patch: int | None = None) -> int:
+    """How many keyed tile turns a mode draws per image (0 for modes without turns)."""
+    return permutation_length(mode, h, w, patch, sub_patch) if mode in ORIENTED_MODES else 0
+
+
+def keyed_orientations(dataset_key, n: int, split: str, sample_id: str) -> np.ndarray:
+    """The n secret tile turns (0..7) of one sample, from its own keyed stream.
+
+    `dataset_key` is a keys.derive.DatasetKey (passed in: this module holds no keys). The
+    stream is separate from the permutation's ("orient/" + split), so neither reveals the other.
+    """
+    stream = dataset_key.stream("orient/" + split, sample_id)
+    return np.array([stream.randbelow(DIHEDRAL) for _ in range(n)], dtype=np.intp)
+
+
+def mix_shuffle_orient(img: np.ndarray, perm, orientations, patch: int, sub_patch: int) -> np.ndarray:
+    """mix-shuffle, then turn stored tile i by D4 element orientations[i]."""
+    return orient_tiles(mix_shuffle(img, perm, patch, sub_patch), orientations, sub_patch)
+
+
+def encrypt_image(img: np.ndarray, mode: str, perm, patch: int, sub_patch: int | None,
+                  orientations=None) -> np.ndarray:
+    """Apply one mode; perm (and orientations) are ignored by modes that do not use them."""
     if mode == "shuffle":
         return shuffle(img, perm, patch)
     if mode == "mix":
         return mix(img, patch, sub_patch)
     if mode == "mix-shuffle":
         return mix_shuffle(img, perm, patch, sub_patch)
+    if mode == "mix-shuffle-orient":
+        if orientations is None:
+            raise ValueError("mode mix-shuffle-orient needs the keyed tile orientations")
+        return mix_shuffle_orient(img, perm, orientations, patch, sub_patch)
     if mode == "none":
         return np.asarray(img)
-    raise ValueError(f"unknown cipher mode {mode!r}; choose one of {', '.join(MODES)}")
+    raise ValueError(f"unknown cipher mode {mode!r}; choose one of {', '.join(ALL_MODES)}")
+
+
+def decrypt_image(stored: np.ndarray, mode: str, perm, patch: int, sub_patch: int | None,
+                  orientations=None) -> np.ndarray:
+    """Undo a keyed mode: the plain image for shuffle, the mixed image for the mixing modes."""
+    if mode == "shuffle":
+        return unshuffle(stored, perm, patch)
+    if mode == "mix-shuffle":
+        return unshuffle_mixed(stored, perm, sub_patch)
+    if mode == "mix-shuffle-orient":
+        if orientations is None:
+            raise ValueError("mode mix-shuffle-orient needs the keyed tile orientations")
+        return unshuffle_mixed(unorient_tiles(stored, orientations, sub_patch), perm, sub_patch)
+    raise ValueError(f"mode {mode!r} has no key to undo")

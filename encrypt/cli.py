@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from encrypt.ciphers import MODES
+from encrypt.ciphers import ALL_MODES, ORIENTED_MODES
 from encrypt.decrypt import decrypt_release
 from encrypt.forget import forget_samples
 from encrypt.main import MODE_RISK, check_out_dir, encrypt_dataset
@@ -78,7 +78,7 @@ def job_options(fn):
 def _check_geometry(mode: str, patch: int, sub_patch: int, size: int) -> None:
     if size % patch:
         raise InputError(f"--size {size} is not divisible by --patch {patch}")
-    if mode in ("mix", "mix-shuffle") and (sub_patch <= 0 or patch % sub_patch):
+    if mode.startswith("mix") and (sub_patch <= 0 or patch % sub_patch):
         raise InputError(f"--sub-patch {sub_patch} does not divide --patch {patch}")
 
 
@@ -118,8 +118,8 @@ def cli() -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 @keystore_options
 @job_options
-@click.option("--mode", type=click.Choice(MODES + ("none",)), default=DEFAULT_MODE, show_default=True,
-              help="Cipher. `none` writes plain images for baselines only.")
+@click.option("--mode", type=click.Choice(ALL_MODES + ("none",)), default=DEFAULT_MODE, show_default=True,
+              help="Cipher (docs/privacy.md measures each). `none` writes plain images for baselines only.")
 @click.option("--resize", type=int, help="Shorter side before the centre crop (default: size·8/7).")
 @click.option("--views", default=1, show_default=True,
               help="Keyed random-resized-crop + flip views per training image (1: centre crop).")
@@ -173,7 +173,7 @@ def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch,
       encrypt-dataset coco ~/coco/train2017 ~/coco/annotations/instances_train2017.json \\
           ~/coco-release --keystore ~/pv-keys --mode mix --size 512
     """
-    if mode in ("shuffle", "mix-shuffle"):
+    if mode in ("shuffle", "mix-shuffle") + ORIENTED_MODES:
         raise InputError(f"--mode {mode} cannot be used for detection: shuffled patch positions "
                          "cannot carry boxes; use --mode mix")
     if mode not in ("mix", "none"):

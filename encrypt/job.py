@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from encrypt.ciphers import encrypt_image, permutation_length, stored_size
+from encrypt.ciphers import (encrypt_image, keyed_orientations, orientation_length, permutation_length,
+                             stored_size)
 from encrypt.decode import DecodeError, decode_image
 from encrypt.encode import encode_image, extension
 from encrypt.geometry import letterbox, random_resized_crop, resize_center_crop
@@ -77,7 +78,9 @@ def encrypt_sample(pixels: np.ndarray, sample: PlannedSample, settings: JobSetti
     h, w = pixels.shape[:2]
     n = permutation_length(settings.mode, h, w, settings.patch, settings.sub_patch)
     perm = dataset_key.permutation(n, sample.split, sample.key) if n else None
-    enc = encrypt_image(pixels, settings.mode, perm, settings.patch, settings.sub_patch)
+    turns = orientation_length(settings.mode, h, w, settings.patch, settings.sub_patch)
+    orientations = keyed_orientations(dataset_key, turns, sample.split, sample.key) if turns else None
+    enc = encrypt_image(pixels, settings.mode, perm, settings.patch, settings.sub_patch, orientations)
     return encode_image(enc, settings.format, settings.quality)
 
 

@@ -28,8 +28,8 @@ from shards.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Sign, verify_signa
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-MODES = ("shuffle", "mix", "mix-shuffle", "none")
-MIXING_MODES = ("mix", "mix-shuffle")
+MODES = ("shuffle", "mix", "mix-shuffle", "mix-shuffle-orient", "none")
+MIXING_MODES = ("mix", "mix-shuffle", "mix-shuffle-orient")
 STORAGE_FORMATS = ("jpeg", "png")
 TASKS = ("classification", "detection")
 MAX_MANIFEST_BYTES = 64 * 2**20

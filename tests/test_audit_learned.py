@@ -112,6 +112,20 @@ def test_refinement_with_the_solver_repairs_a_noisy_position_model(photos):
         assert neighbour_accuracy(refined, perm, (14, 14)) > 0.9, name
 
 
+def test_refinement_does_not_trust_blank_tiles(attacker, victims):
+    """Fashion-MNIST's black tiles fit each other perfectly; the solver's ties must not
+    override the position model."""
+    _, perms, encrypted = victims
+    alone = attack(attacker, encrypted[:60], TILE, GRID)
+    refined = attack(attacker, encrypted[:60], TILE, GRID, refine=True)
+    for p in refined:
+        assert np.array_equal(np.sort(p), np.arange(N))
+    direct = lambda ps: np.mean([direct_accuracy(p, q) for p, q in zip(ps, perms)])  # noqa: E731
+    neighbour = lambda ps: np.mean([neighbour_accuracy(p, q, GRID) for p, q in zip(ps, perms)])  # noqa: E731
+    assert direct(refined) > 0.75 * direct(alone), (direct(refined), direct(alone))
+    assert neighbour(refined) > neighbour(alone), (neighbour(refined), neighbour(alone))
+
+
 def test_public_photos_exclude_the_victim_photos():
     from skimage import data
 

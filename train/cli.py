@@ -175,6 +175,53 @@ def classify(ctx: click.Context, shards: Path, out: Path, resume: bool, quiet: b
 
 @cli.command()
 @click.option("--shards", required=True, type=click.Path(path_type=Path), metavar="OUT",
+              help="Detection release (encrypt-dataset coco ... --mode mix).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="RUN",
+              help="Run folder: config.json, metrics.jsonl, last.pt, best.pt.")
+@click.option("--model", default="auto", show_default=True,
+              help="auto, a size (nano, tiny, small, base) or a registered yolos_* name.")
+@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+              help="Extra model keyword, e.g. depth=4 (repeatable).")
+@click.option("--det-tokens", default=100, show_default=True, help="Detection tokens (max objects per image).")
+@click.option("--epochs", default=50, show_default=True)
+@click.option("--batch-size", default=16, show_default=True, help="Per process.")
+@click.option("--lr", default=2.5e-4, show_default=True)
+@click.option("--weight-decay", default=1e-4, show_default=True)
+@click.option("--hflip", default=0.5, show_default=True, help="Probability of a horizontal flip (boxes follow).")
+@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA (CPU stays float32).")
+@click.option("--resume", is_flag=True, help="Continue RUN/last.pt at the step it was written.")
+@click.option("--workers", default=2, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--val-split", default="val", show_default=True, help="Split evaluated (COCO mAP); none: no evaluation.")
+@click.option("--verify-digests", is_flag=True, help="Hash every shard against the manifest first.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@one_line_errors
+def detect(shards: Path, out: Path, model: str, model_args: tuple[str, ...], det_tokens: int, epochs: int,
+           batch_size: int, lr: float, weight_decay: float, hflip: float, amp: bool, resume: bool,
+           workers: int, seed: int, val_split: str, verify_digests: bool, quiet: bool) -> None:
+    """Train a YOLOS-style detector (MI patch embedding) on a `mix` COCO release.
+
+    \b
+    Example:
+      train-encrypted detect --shards ~/coco-release --out runs/yolos --epochs 150 --amp
+      train-encrypted evaluate --shards ~/coco-release --checkpoint runs/yolos/best.pt
+    """
+    from train.detection_engine import DetectionConfig, fit_detection
+
+    _setup_logging()
+    config = DetectionConfig(
+        shards=str(shards), out=str(out), model=model, model_kwargs=_parse_model_args(model_args),
+        num_det_tokens=det_tokens, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        hflip=hflip, amp=amp, workers=workers, seed=seed,
+        val_split=None if val_split.lower() == "none" else val_split, verify_digests=verify_digests,
+        progress=not quiet)
+    summary = fit_detection(config, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, sort_keys=True, default=str))
+
+
+@cli.command()
+@click.option("--shards", required=True, type=click.Path(path_type=Path), metavar="OUT",
               help="Release folder (manifest.json + shards).")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), metavar="RUN/best.pt",
               help="A checkpoint written by classify (best.pt or last.pt).")
@@ -185,15 +232,18 @@ def classify(ctx: click.Context, shards: Path, out: Path, resume: bool, quiet: b
 @one_line_errors
 def evaluate(shards: Path, checkpoint: Path, split: str, batch_size: int | None, workers: int,
              verify_digests: bool) -> None:
-    """Score a checkpoint on a split: prints one JSON line (loss, top1, top5, samples).
+    """Score a checkpoint on a split: prints one JSON line (top-1/top-5, or COCO mAP for detection).
 
     \b
     Example:
       train-encrypted evaluate --shards ~/release --checkpoint runs/pevit/best.pt --split val
     """
+    from shards.reader import load_manifest
     from train.engine import evaluate_checkpoint
 
     _setup_logging()
+    if load_manifest(shards).task == "detection":
+        from train.detection_engine import evaluate_detection_checkpoint as evaluate_checkpoint
     result = evaluate_checkpoint(checkpoint, shards, split, batch_size=batch_size, workers=workers,
                                  verify_digests=verify_digests)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -239,9 +239,11 @@ def hungarian_placement(log_probs: np.ndarray) -> np.ndarray:
     return placement
 
 
-def _solver_blocks(solved: np.ndarray, confidence: np.ndarray, rows: int, cols: int) -> list[np.ndarray]:
-    """Positions of the solver's grid grouped into blocks joined by mutual best buddies,
-    largest first: the parts of its answer that its own seam evidence vouches for."""
+def _solver_blocks(solved: np.ndarray, dissimilarity: np.ndarray, rows: int, cols: int) -> list[np.ndarray]:
+    """Positions of the solver's grid grouped into blocks joined by distinct mutual best
+    buddies, largest first: the parts of its answer that its own seam evidence vouches for.
+    Ties (e.g. two blank tiles, whose seams all score 0) never join a block."""
+    trusted = (pair_confidence(dissimilarity) < 1) & (dissimilarity > 0)
     g = solved.reshape(rows, cols)
     parent = np.arange(rows * cols)
 
@@ -254,9 +256,9 @@ def _solver_blocks(solved: np.ndarray, confidence: np.ndarray, rows: int, cols: 
     for r in range(rows):
         for c in range(cols):
             p = r * cols + c
-            if c + 1 < cols and confidence[0][g[r, c], g[r, c + 1]] < 1:
+            if c + 1 < cols and trusted[0][g[r, c], g[r, c + 1]]:
                 parent[root(p)] = root(p + 1)
-            if r + 1 < rows and confidence[1][g[r, c], g[r + 1, c]] < 1:
+            if r + 1 < rows and trusted[1][g[r, c], g[r + 1, c]]:
                 parent[root(p)] = root(p + cols)
     roots = np.array([root(p) for p in range(rows * cols)])
     blocks = [np.flatnonzero(roots == r) for r in np.unique(roots)]
@@ -276,10 +278,10 @@ def refine_placement(log_probs: np.ndarray, tiles: np.ndarray, grid: tuple[int, 
     n = rows * cols
     log_probs = np.asarray(log_probs)
     solved = solve_jigsaw(tiles, (rows, cols), subsampled_chroma=subsampled_chroma)
-    confidence = pair_confidence(pairwise_dissimilarity(tiles, subsampled_chroma))
+    dissimilarity = pairwise_dissimilarity(tiles, subsampled_chroma)
     free = np.ones((rows, cols), dtype=bool)
     placement = np.full(n, -1, dtype=np.int64)
-    for block in _solver_blocks(solved, confidence, rows, cols):
+    for block in _solver_blocks(solved, dissimilarity, rows, cols):
         if block.size < 2:
             break
         r, c = np.divmod(block, cols)

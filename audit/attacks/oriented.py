@@ -20,17 +20,28 @@ type-2 puzzles) extended from 4 to 8 orientations:
 The answer is a placement and an orientation per cell; it may be the original picture
 turned as a whole, which hides nothing, so `oriented_neighbour_accuracy` scores the best of
 the 8 global turns.
+
+`train_turned_attacker` is the learned attack for the same modes: the position-free ViT of
+`audit/attacks/learned.py`, trained on public images shuffled *and* turned tile by tile,
+with a second head that names each tile's turn; Hungarian placement as there.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
+import torch
+from timm.scheduler import CosineLRScheduler
+from torch import nn
 
 from audit.attacks.jigsaw import pair_confidence
+from audit.attacks.learned import (PositionAttacker, TrainLog, hungarian_placement, mix_windows,
+                                   random_windows)
 from encrypt.ciphers import DIHEDRAL, _turn, from_tokens, to_tokens
 
-__all__ = ["compose", "oriented_neighbour_accuracy", "reconstruct_oriented", "solve_oriented"]
+__all__ = ["TurnedAttacker", "compose", "draw", "oriented_neighbour_accuracy", "reconstruct_oriented",
+           "solve_oriented", "train_turned_attacker", "turned_attack"]
 
 
 @lru_cache(maxsize=1)
@@ -313,3 +324,116 @@ def oriented_neighbour_accuracy(placement: np.ndarray, turns: np.ndarray, perm: 
         below = (o[1:, :] == o[:-1, :] + side) & up[1:, :] & up[:-1, :]
         best = max(best, float((right.sum() + below.sum()) / pairs))
     return best
+
+
+# -- the learned attack on turned tiles ---------------------------------------------------------
+
+class TurnedAttacker(PositionAttacker):
+    """PositionAttacker with a second per-tile head: which D4 turn the cipher applied."""
+
+    def __init__(self, tile: int, grid: tuple[int, int], channels: int, **kwargs) -> None:
+        super().__init__(tile, grid, channels, **kwargs)
+        self.turn_head = nn.Linear(self.head.in_features, DIHEDRAL)
+
+    def both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """B×C×H×W in 0..1 → (B×N×N position logits, B×N×8 turn logits)."""
+        features = self.encoder.forward_features((x - 0.5) / 0.25)
+        return self.head(features), self.turn_head(features)
+
+
+def _turn_batch(tokens: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Turn tokens B×N×C×t×t one by one (turns B×N), numbered as `encrypt.ciphers._turn`."""
+    out = tokens.clone()
+    for k in range(DIHEDRAL):
+        chosen = turns == k
+        if chosen.any():
+            t = tokens[chosen]
+            if k >= 4:
+                t = t.flip(-1)
+            out[chosen] = torch.rot90(t, k % 4, dims=(-2, -1))
+    return out
+
+
+def train_turned_attacker(public_images: np.ndarray | Sequence[np.ndarray], tile: int, side: int,
+                          steps: int, *, mixed_from_patch: int | None = None, batch_size: int = 64,
+                          lr: float = 2e-3, dim: int = 96, depth: int = 4, heads: int = 4,
+                          flip: bool = False, seed: int = 0) -> TurnedAttacker:
+    """Train a TurnedAttacker on public images mixed (optionally), shuffled and turned per tile.
+
+    Same data handling as `learned.train_position_attacker` (windows cut from `public_images`,
+    `mixed_from_patch` for the mixing modes); the torch generator is the attacker's own.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if side < 2:
+        raise ValueError(f"need a grid of at least 2x2 tiles, got {side}")
+    first = np.asarray(public_images[0])
+    channels = 1 if first.ndim == 2 else first.shape[-1]
+    if isinstance(public_images, np.ndarray) and public_images.ndim == 3:
+        public_images = public_images[..., None]
+    plain_tile = mixed_from_patch or tile
+    if plain_tile % tile:
+        raise ValueError(f"sub-patch {tile} does not divide patch {plain_tile}")
+    n = side * side
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TurnedAttacker(tile, (side, side), channels, dim=dim, depth=depth, heads=heads)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = CosineLRScheduler(opt, t_initial=steps, lr_min=lr / 100, warmup_t=max(1, steps // 20),
+                              warmup_lr_init=lr / 100, t_in_epochs=False)
+    tail_loss = tail_acc = 0.0
+    tail = 0
+    for step in range(steps):
+        x = random_windows(public_images, side * plain_tile, side * plain_tile, batch_size, gen,
+                           flip=flip, align=plain_tile)
+        if mixed_from_patch is not None:
+            x = mix_windows(x, mixed_from_patch, tile)
+        b, c = x.shape[:2]
+        tokens = x.reshape(b, c, side, tile, side, tile).permute(0, 2, 4, 1, 3, 5).reshape(b, n, c, tile, tile)
+        perm = torch.argsort(torch.rand(b, n, generator=gen), dim=1)
+        turns = torch.randint(DIHEDRAL, (b, n), generator=gen)
+        stored = _turn_batch(torch.take_along_dim(tokens, perm[:, :, None, None, None], dim=1), turns)
+        image = stored.reshape(b, side, side, c, tile, tile).permute(0, 3, 1, 4, 2, 5).reshape(b, c, side * tile, side * tile)
+        pos, turn = model.both(image)
+        loss = nn.functional.cross_entropy(pos.reshape(-1, n), perm.reshape(-1)) \
+            + nn.functional.cross_entropy(turn.reshape(-1, DIHEDRAL), turns.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step_update(step + 1)
+        if step >= steps - max(1, steps // 10):
+            tail_loss += float(loss.detach())
+            tail_acc += float((pos.argmax(-1) == perm).float().mean())
+            tail += 1
+    model.eval()
+    model.train_log = TrainLog(loss=tail_loss / tail, tile_accuracy=tail_acc / tail)
+    return model
+
+
+@torch.no_grad()
+def turned_attack(model: TurnedAttacker, stored_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(placements N×T, turns N×T) for a batch of shuffled, turned images, in `draw`'s terms.
+
+    Positions by the Hungarian method on the position log-probabilities; each placed tile
+    is turned back by the inverse of the turn the model names.
+    """
+    x = np.asarray(stored_images)
+    if x.ndim == 3:
+        x = x[..., None]
+    side = model.grid[0]
+    expect = (side * model.tile, side * model.tile, model.channels)
+    if x.shape[1:] != expect:
+        raise ValueError(f"stored images of shape {x.shape[1:]} do not fit the attacker (expects {expect})")
+    placements, turns = [], []
+    for start in range(0, len(x), 128):
+        chunk = torch.from_numpy(np.ascontiguousarray(x[start:start + 128])).permute(0, 3, 1, 2).float() / 255
+        pos, turn = model.both(chunk)
+        log_probs = torch.log_softmax(pos.float(), dim=-1).numpy().astype(np.float64)
+        named = turn.argmax(-1).numpy()
+        for lp, k in zip(log_probs, named):
+            placement = hungarian_placement(lp)
+            placements.append(placement)
+            turns.append(_inverse(k[placement]))
+    return np.stack(placements), np.stack(turns)

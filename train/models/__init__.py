@@ -1,7 +1,7 @@
 """Models for encrypted shards, registered with timm on import.
 
-``import train.models`` registers ``pevit_*`` (shuffled tokens) and ``mivit_*`` (mixed
-sub-patches); after that ``timm.create_model(name, num_classes=..., img_size=...)`` builds
+``import train.models`` registers ``pevit_*`` (shuffled tokens), ``mivit_*`` (mixed
+sub-patches) and ``d4vit_*`` (shuffled tokens each turned by a secret flip or quarter turn); after that ``timm.create_model(name, num_classes=..., img_size=...)`` builds
 any of them. ``model_for_cipher`` picks the model that matches a shard manifest's cipher.
 """
 from __future__ import annotations
@@ -12,10 +12,12 @@ from typing import Any
 import timm
 
 from train.models import dihedral, mivit, pevit, rpe  # noqa: F401  (registers the models with timm)
+from train.models.dihedral import DihedralPatchEmbed
 from train.models.mivit import MixedPatchEmbed
 from train.models.rpe import ReferencePositionalEncoding, RPEPatchEmbed
 
 __all__ = [
+    "DihedralPatchEmbed",
     "MixedPatchEmbed",
     "RPEPatchEmbed",
     "ReferencePositionalEncoding",
@@ -24,7 +26,8 @@ __all__ = [
 ]
 
 SIZES = ("tiny", "small", "base")
-_FAMILY = {"none": "vit", "shuffle": "pevit", "mix": "mivit", "mix-shuffle": "pevit"}
+_FAMILY = {"none": "vit", "shuffle": "pevit", "mix": "mivit", "mix-shuffle": "pevit",
+           "mix-shuffle-orient": "d4vit"}
 
 
 def _side(value: int | Sequence[int], field: str) -> tuple[int, int]:
@@ -52,7 +55,8 @@ def model_for_cipher(cipher: Mapping[str, Any], num_classes: int,
     channels). The kwargs always spell out the geometry, so the name only fixes the width:
     ``none`` → plain timm ViT (baseline), ``shuffle`` → PEViT with tile p on the full image,
     ``mix`` → MI-ViT (patch p, sub-patch s, plain size), ``mix-shuffle`` → PEViT with tile s
-    on the stored mixed image.
+    on the stored mixed image, ``mix-shuffle-orient`` → D4-ViT (PEViT with a patch embedding
+    invariant to each tile's turn) with tile s on the stored mixed image.
     """
     mode = cipher.get("mode")
     if mode not in _FAMILY:

@@ -1,0 +1,474 @@
+"""`audit-shards privacy`: attack a cipher on real images and report what comes back.
+
+Two ways in:
+- a mode and some images (`--images DIR` or the built-in photos): each image is encrypted
+  here with a throwaway key (made, used and dropped in memory), exactly as the job does;
+- an owner's release (`--shards OUT --keystore DIR --source SRC`): the stored images are
+  attacked as an ML engineer holds them, and the owner's key says what the truth was.
+
+Attacks per mode (each only where it applies): `jigsaw` (the greedy solver; the oriented
+solver for `-orient` modes; tiles of at least 3 px), `learned` (position-predicting ViT
+trained here on public photos; for `-orient` modes it also names each tile's turn),
+`inversion` (of the mixing: deconvolution with a smoothness prior). Mixing modes chain a
+placement attack with the inversion. Every reconstruction is scored against the original:
+direct and neighbour accuracy of the placement, PSNR and SSIM of the picture (an exact
+reconstruction's PSNR is written as 99 dB, JSON having no infinity).
+
+REPORT/privacy.json holds every number; REPORT/index.html shows a table and, per image,
+original | encrypted | best reconstruction (PNG files in REPORT/img). The report is built
+in a temporary folder beside REPORT and renamed into place when complete.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from audit.attacks.inversion import deconvolve, upsample
+from audit.attacks.jigsaw import reconstruct
+from audit.attacks.oriented import (draw, oriented_neighbour_accuracy, reconstruct_oriented,
+                                    train_turned_attacker, turned_attack)
+from audit.metrics import direct_accuracy, neighbour_accuracy, psnr, ssim
+from encrypt.ciphers import (ALL_MODES, ORIENTED_MODES, encrypt_image, keyed_orientations,
+                             orientation_length, permutation_length, shuffle, stored_size)
+
+ATTACKS = ("jigsaw", "learned", "inversion")
+BUILTIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+__all__ = ["ATTACKS", "Case", "PrivacyError", "attack_cases", "builtin_images", "cases_from_release",
+           "encrypt_cases", "load_images", "privacy_command", "write_report"]
+
+
+class PrivacyError(ValueError):
+    """Bad input for a privacy audit: one line naming the file and the reason."""
+
+
+@dataclass
+class Case:
+    """One attacked image: the original (cipher geometry), what is stored, and the truth."""
+
+    name: str
+    original: np.ndarray                    # H×W×C uint8, the image the cipher saw
+    stored: np.ndarray                      # what an ML engineer holds
+    perm: np.ndarray | None = None          # the cipher's tile permutation (keyed modes)
+    orientations: np.ndarray | None = None  # the cipher's tile turns (-orient modes)
+    results: dict[str, dict[str, float]] = field(default_factory=dict)
+    pictures: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# -- images in ---------------------------------------------------------------------------------
+
+def centre_square(img: np.ndarray, size: int, resize: int | None = None) -> np.ndarray:
+    """Shorter side to `resize` (default: size), then the centre size×size crop (bicubic)."""
+    pil = Image.fromarray(img)
+    target = resize or size
+    scale = target / min(pil.size)
+    pil = pil.resize((max(size, round(pil.width * scale)), max(size, round(pil.height * scale))),
+                     Image.Resampling.BICUBIC)
+    left, top = (pil.width - size) // 2, (pil.height - size) // 2
+    return np.asarray(pil.crop((left, top, left + size, top + size)))
+
+
+def builtin_images(size: int) -> list[tuple[str, np.ndarray]]:
+    """The scikit-image photos the project's audits use, RGB, centre-cropped to size."""
+    from skimage import data
+
+    out = []
+    for name in BUILTIN_PHOTOS:
+        img = np.asarray(getattr(data, name)())
+        if img.ndim == 2:
+            img = np.stack([img] * 3, axis=-1)
+        out.append((name, centre_square(np.ascontiguousarray(img[..., :3]), size)))
+    return out
+
+
+def load_images(folder: Path, size: int, limit: int) -> list[tuple[str, np.ndarray]]:
+    """Up to `limit` images of a folder (sorted by name), RGB, centre-cropped to size."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PrivacyError(f"{folder}: not a folder of images")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise PrivacyError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    out = []
+    for path in files[:limit]:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                rgb = np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise PrivacyError(f"{path}: not a readable image ({type(exc).__name__})") from None
+        if min(rgb.shape[:2]) < 16:
+            raise PrivacyError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} is too small to audit")
+        out.append((path.name, centre_square(rgb, size)))
+    return out
+
+
+def encrypt_cases(images: list[tuple[str, np.ndarray]], mode: str, patch: int, sub_patch: int | None,
+                  dataset_key) -> list[Case]:
+    """Encrypt images as the job would, under `dataset_key` (a keys.derive.DatasetKey)."""
+    cases = []
+    for i, (name, img) in enumerate(images):
+        h, w = img.shape[:2]
+        sample = f"audit-{i}"
+        n = permutation_length(mode, h, w, patch, sub_patch)
+        perm = np.asarray(dataset_key.permutation(n, "audit", sample)) if n else None
+        turns = orientation_length(mode, h, w, patch, sub_patch)
+        orientations = keyed_orientations(dataset_key, turns, "audit", sample) if turns else None
+        stored = encrypt_image(img, mode, perm, patch, sub_patch, orientations)
+        cases.append(Case(name, img, stored, perm, orientations))
+    return cases
+
+
+def cases_from_release(shards: Path, keystore, source: Path, limit: int, resize: int | None) -> tuple[list[Case], Any]:
+    """The first `limit` samples of a release with their originals (from SRC) and true keys.
+
+    Samples are named by their opaque keys; the owner's index maps them to source files.
+    """
+    from keys.index import load_index
+    from shards.reader import iter_samples, load_manifest
+
+    manifest = load_manifest(shards)
+    cipher = manifest.cipher
+    if manifest.task != "classification":
+        raise PrivacyError(f"{shards}: a {manifest.task} release; the privacy audit attacks classification releases")
+    key = keystore.dataset_key(manifest.dataset_id, manifest.key_id)
+    index = load_index(keystore, manifest.dataset_id, manifest.key_id)
+    h, w = cipher.image_size
+    n = permutation_length(cipher.mode, h, w, cipher.patch, cipher.sub_patch) if cipher.mode != "none" else 0
+    turns = orientation_length(cipher.mode, h, w, cipher.patch, cipher.sub_patch) if cipher.mode != "none" else 0
+    cases: list[Case] = []
+    for split in manifest.splits:
+        for sample in iter_samples(shards, split, manifest):
+            if len(cases) >= limit:
+                return cases, cipher
+            entry = index.get(sample.key)
+            if entry is None:
+                raise PrivacyError(f"{shards}: sample {sample.key} is not in the owner's index of this keystore")
+            path = Path(source) / entry.rel_path
+            try:
+                with Image.open(path) as im:
+                    im.load()
+                    plain = np.asarray(im.convert("RGB" if cipher.channels == 3 else "L"))
+            except FileNotFoundError:
+                raise PrivacyError(f"{path}: source image of sample {sample.key} not found under --source") from None
+            except (UnidentifiedImageError, OSError) as exc:
+                raise PrivacyError(f"{path}: not a readable image ({type(exc).__name__})") from None
+            original = centre_square(plain, h, resize)
+            if original.ndim == 2:
+                original = original[..., None]
+            perm = np.asarray(key.permutation(n, split, sample.key)) if n else None
+            orientations = keyed_orientations(key, turns, split, sample.key) if turns else None
+            cases.append(Case(sample.key, original, sample.image, perm, orientations))
+    return cases, cipher
+
+
+# -- attacks -----------------------------------------------------------------------------------
+
+def _public_photos(channels: int) -> list[np.ndarray]:
+    from audit.attacks.learned import public_photos
+
+    photos = public_photos()
+    if channels == 1:
+        photos = [np.asarray(Image.fromarray(p).convert("L"))[..., None] for p in photos]
+    return photos
+
+
+def _placement_scores(case: Case, placement: np.ndarray, grid: tuple[int, int]) -> dict[str, float]:
+    return {"direct": direct_accuracy(placement, case.perm),
+            "neighbour": neighbour_accuracy(placement, case.perm, grid)}
+
+
+def _picture_scores(case: Case, picture: np.ndarray) -> dict[str, float]:
+    value = psnr(case.original, picture)
+    return {"psnr": value if np.isfinite(value) else 99.0, "ssim": ssim(case.original, picture)}
+
+
+def attack_cases(cases: list[Case], mode: str, patch: int, sub_patch: int | None, attacks: tuple[str, ...],
+                 *, learned_steps: int = 400, log=lambda message: None) -> None:
+    """Run every applicable attack on every case; fills `case.results` and `case.pictures`."""
+    if mode == "none":
+        for case in cases:
+            case.results["stored"] = _picture_scores(case, case.stored)
+            case.pictures["stored"] = case.stored
+        return
+    side = cases[0].original.shape[0] // patch
+    grid = (side, side)
+    channels = cases[0].original.shape[-1]
+    mixing = mode.startswith("mix")
+    oriented = mode in ORIENTED_MODES
+    tile = sub_patch if mixing else patch
+
+    def finish(case: Case, name: str, tiles_picture: np.ndarray, scores: dict[str, float]) -> None:
+        picture = deconvolve(tiles_picture[None], patch, sub_patch)[0] if mixing else tiles_picture
+        picture = picture.reshape(case.original.shape)
+        case.results[name] = {**scores, **_picture_scores(case, picture)}
+        case.pictures[name] = picture
+
+    if mode == "mix":
+        if "inversion" in attacks:
+            for case in cases:
+                finish(case, "inversion", case.stored, {})
+        return
+    if "jigsaw" in attacks and tile >= 3:
+        started = time.perf_counter()
+        for case in cases:
+            if oriented:
+                picture, placement, turns = reconstruct_oriented(case.stored, tile)
+                scores = {"neighbour": oriented_neighbour_accuracy(placement, turns, case.perm,
+                                                                   case.orientations, side)}
+            else:
+                picture, placement = reconstruct(case.stored, tile, grid)
+                scores = _placement_scores(case, placement, grid)
+            finish(case, "jigsaw", picture, scores)
+        log(f"jigsaw on {len(cases)} images: {time.perf_counter() - started:.0f} s")
+    if "learned" in attacks:
+        started = time.perf_counter()
+        stored = np.stack([c.stored.reshape(side * tile, side * tile, -1) for c in cases])
+        public = _public_photos(channels)
+        kwargs = dict(batch_size=16, dim=96, depth=4, heads=4, flip=True)
+        if oriented:
+            model = train_turned_attacker(public, tile, side, learned_steps, mixed_from_patch=patch, **kwargs)
+            placements, turns = turned_attack(model, stored)
+            for case, placement, turn in zip(cases, placements, turns):
+                scores = {"neighbour": oriented_neighbour_accuracy(placement, turn, case.perm,
+                                                                   case.orientations, side)}
+                finish(case, "learned", draw(case.stored, placement, turn, tile), scores)
+        else:
+            from audit.attacks.learned import attack, train_position_attacker
+
+            model = train_position_attacker(public, tile, grid, learned_steps,
+                                            mixed_from_patch=patch if mixing else None, **kwargs)
+            for case, placement in zip(cases, attack(model, stored, tile, grid)):
+                finish(case, "learned", shuffle(case.stored, placement, tile),
+                       _placement_scores(case, placement, grid))
+        log(f"learned attacker ({learned_steps} steps) on {len(cases)} images: "
+            f"{time.perf_counter() - started:.0f} s")
+
+
+def _best(case: Case) -> str | None:
+    """The attack whose picture is closest to the original (highest PSNR)."""
+    scored = [k for k in case.results if "psnr" in case.results[k]]
+    return max(scored, key=lambda k: case.results[k]["psnr"]) if scored else None
+
+
+def summarise(cases: list[Case]) -> dict[str, dict[str, float]]:
+    """Mean of every metric per attack over the cases."""
+    names = sorted({name for case in cases for name in case.results})
+    out = {}
+    for name in names:
+        rows = [case.results[name] for case in cases if name in case.results]
+        out[name] = {metric: round(float(np.mean([r[metric] for r in rows])), 4)
+                     for metric in sorted(rows[0])}
+    return out
+
+
+# -- report out --------------------------------------------------------------------------------
+
+def _display(img: np.ndarray, size: int) -> Image.Image:
+    """An image as a PIL picture of the plain size (stored mixed images are blown up)."""
+    x = np.asarray(img)
+    if x.ndim == 3 and x.shape[-1] == 1:
+        x = x[..., 0]
+    pil = Image.fromarray(x.astype(np.uint8))
+    if pil.size != (size, size):
+        pil = pil.resize((size, size), Image.Resampling.NEAREST)
+    return pil
+
+
+def write_report(out: Path, cases: list[Case], meta: dict[str, Any]) -> dict[str, Any]:
+    """Write privacy.json, index.html and img/*.png into a temp folder, then rename it to `out`."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PrivacyError(f"{out}: report folder exists and is not empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        (staging / "img").mkdir()
+        size = cases[0].original.shape[0]
+        images = []
+        for i, case in enumerate(cases):
+            best = _best(case)
+            files = {}
+            for label, img in (("original", case.original), ("encrypted", case.stored),
+                               ("best", case.pictures.get(best) if best else None)):
+                if img is None:
+                    continue
+                files[label] = f"img/{i:03d}-{label}.png"
+                _display(img, size).save(staging / files[label], optimize=True)
+            images.append({"name": case.name, "best": best, "attacks": {
+                k: {m: round(float(v), 4) for m, v in r.items()} for k, r in case.results.items()},
+                "files": files})
+        summary = summarise(cases)
+        best_overall = max(summary, key=lambda k: summary[k].get("psnr", -1.0)) if summary else None
+        report = {**meta, "summary": summary, "best_attack": best_overall, "images": images}
+        (staging / "privacy.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+        (staging / "index.html").write_text(_html(report))
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def _html(report: dict[str, Any]) -> str:
+    e = html.escape
+    cipher = report["cipher"]
+    metrics = ("direct", "neighbour", "psnr", "ssim")
+    rows = "".join(
+        f"<tr><td>{e(name)}</td>" + "".join(f"<td>{s.get(m, '–')}</td>" for m in metrics) + "</tr>"
+        for name, s in report["summary"].items())
+    gallery = "".join(
+        f"<tr><td>{e(img['name'])}</td>"
+        + "".join(f"<td><img src=\"{e(img['files'][k])}\" width=\"160\"></td>" if k in img["files"] else "<td></td>"
+                  for k in ("original", "encrypted", "best"))
+        + f"<td>{e(img['best'] or '–')}</td></tr>" for img in report["images"])
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>patchveil privacy audit: {e(cipher['mode'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd}}</style>
+</head><body>
+<h1>Privacy audit: mode <code>{e(cipher['mode'])}</code></h1>
+<p>patch {cipher['patch']}, sub-patch {cipher['sub_patch']}, size {cipher['size']}, {len(report['images'])} images
+({e(report['source'])}). Best attack: <b>{e(str(report['best_attack']))}</b>.
+Neighbour accuracy: fraction of the original tile adjacencies the attack restored (0 hides all);
+PSNR/SSIM: closeness of its picture to the original.</p>
+<table><tr><th>attack</th>{''.join(f'<th>{m}</th>' for m in metrics)}</tr>{rows}</table>
+<h2>Gallery: original | encrypted | best reconstruction</h2>
+<table><tr><th>image</th><th>original</th><th>encrypted</th><th>best reconstruction</th><th>by</th></tr>{gallery}</table>
+</body></html>
+"""
+
+
+# -- the command -------------------------------------------------------------------------------
+
+def _parse_attacks(value: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(a.strip() for a in value.split(",") if a.strip()))
+    unknown = [a for a in chosen if a not in ATTACKS]
+    if unknown or not chosen:
+        raise PrivacyError(f"--attacks: {', '.join(unknown) or 'none given'} not among {', '.join(ATTACKS)}")
+    return chosen
+
+
+def _check_geometry(mode: str, patch: int, sub_patch: int | None, size: int) -> None:
+    if patch < 1 or size % patch:
+        raise PrivacyError(f"--size {size} is not divisible by --patch {patch}")
+    if mode.startswith("mix") and (not sub_patch or sub_patch >= patch or patch % sub_patch):
+        raise PrivacyError(f"--sub-patch {sub_patch} must be smaller than and divide --patch {patch}")
+    if size // patch < 2:
+        raise PrivacyError(f"--size {size} with --patch {patch} leaves fewer than 2x2 tiles to shuffle")
+
+
+@click.command("privacy")
+@click.option("--mode", type=click.Choice(ALL_MODES + ("none",)), help="Cipher to attack (with --images/--builtin).")
+@click.option("--patch", default=16, show_default=True, help="Patch size p.")
+@click.option("--sub-patch", default=8, show_default=True, help="Sub-patch size s (mixing modes).")
+@click.option("--size", default=224, show_default=True, help="Side of the square image the cipher sees.")
+@click.option("--images", type=click.Path(path_type=Path), help="Folder of images to encrypt and attack.")
+@click.option("--builtin", is_flag=True, help="Use the scikit-image photos (astronaut, coffee, ...).")
+@click.option("--shards", type=click.Path(path_type=Path), help="An owner's release to attack instead.")
+@click.option("--keystore", type=click.Path(file_okay=False, path_type=Path),
+              help="With --shards: the owner's keystore (the truth for scoring).")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Keystore passphrase file (else PATCHVEIL_PASSPHRASE, else a prompt).")
+@click.option("--source", type=click.Path(path_type=Path), help="With --shards: the folder that was encrypted.")
+@click.option("--resize", type=int, help="With --shards: the shorter side the job resized to (default: size·8/7).")
+@click.option("--attacks", "attack_list", default=",".join(ATTACKS), show_default=True,
+              help="Comma-separated attacks to run.")
+@click.option("--limit", default=8, show_default=True, help="Most images to attack.")
+@click.option("--learned-steps", default=400, show_default=True, help="Training steps of the learned attacker.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder (new or empty).")
+def privacy_command(mode, patch, sub_patch, size, images, builtin, shards, keystore, passphrase_file, source,
+                    resize, attack_list, limit, learned_steps, out) -> None:
+    """Attack a cipher on real images: REPORT/privacy.json and an HTML/PNG gallery.
+
+    \b
+    Examples:
+      audit-shards privacy --mode mix-shuffle --builtin --out report/
+      audit-shards privacy --mode shuffle --images ~/photos --attacks jigsaw --out report/
+      audit-shards privacy --shards ~/release --keystore ~/pv-keys --source ~/data/imagenet --out report/
+    """
+    try:
+        _run(mode, patch, sub_patch, size, images, builtin, shards, keystore, passphrase_file, source,
+             resize, attack_list, limit, learned_steps, out)
+    except (PrivacyError, ValueError) as exc:
+        raise _UsageError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    except OSError as exc:
+        raise _UsageError(f"{exc.filename or 'file system'}: {exc.strerror or exc}") from None
+
+
+class _UsageError(click.ClickException):
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _run(mode, patch, sub_patch, size, images, builtin, shards, keystore, passphrase_file, source,
+         resize, attack_list, limit, learned_steps, out) -> None:
+    started = time.perf_counter()
+    attacks = _parse_attacks(attack_list)
+    if limit < 1:
+        raise PrivacyError(f"--limit must be at least 1, got {limit}")
+    if learned_steps < 1:
+        raise PrivacyError(f"--learned-steps must be at least 1, got {learned_steps}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PrivacyError(f"{out}: report folder exists and is not empty")
+
+    def log(message: str) -> None:
+        click.echo(message, err=True)
+
+    if shards is not None:
+        if mode or images or builtin:
+            raise PrivacyError("--shards audits a release as made: drop --mode, --images and --builtin")
+        if keystore is None or source is None:
+            raise PrivacyError("--shards needs --keystore (the truth) and --source (the originals)")
+        if not Path(shards).is_dir():
+            raise PrivacyError(f"{shards}: not a release folder")
+        from keys.keystore import open_keystore
+        from keys.passphrase import read_passphrase
+
+        store = open_keystore(keystore, read_passphrase(passphrase_file))
+        cases, cipher = cases_from_release(shards, store, source, limit, resize)
+        if not cases:
+            raise PrivacyError(f"{shards}: the release holds no samples")
+        mode, patch, sub_patch, size = cipher.mode, cipher.patch, cipher.sub_patch, cipher.image_size[0]
+        origin = f"release {Path(shards).name}"
+    else:
+        if mode is None:
+            raise PrivacyError("say what to attack: --mode with --images DIR or --builtin, or --shards")
+        if bool(images) == bool(builtin):
+            raise PrivacyError("give exactly one of --images DIR and --builtin")
+        sub_patch = sub_patch if mode.startswith("mix") else None
+        _check_geometry(mode, patch, sub_patch, size)
+        pictures = builtin_images(size)[:limit] if builtin else load_images(images, size, limit)
+        from keys.derive import DatasetKey
+
+        throwaway = DatasetKey("privacy-audit", os.urandom(32))  # dropped when this function returns
+        cases = encrypt_cases(pictures, mode, patch, sub_patch, throwaway)
+        del throwaway
+        origin = "builtin photos" if builtin else f"images {Path(images).name}"
+    stored_size(mode, size, size, patch, sub_patch)  # validates the geometry once more
+    log(f"attacking {len(cases)} images, mode {mode}, attacks {', '.join(attacks)}")
+    attack_cases(cases, mode, patch, sub_patch, attacks, learned_steps=learned_steps, log=log)
+    meta = {"tool": "audit-shards privacy", "source": origin,
+            "cipher": {"mode": mode, "patch": patch, "sub_patch": sub_patch, "size": size,
+                       "channels": int(cases[0].original.shape[-1])},
+            "attacks": list(attacks), "learned_steps": learned_steps,
+            "seconds": round(time.perf_counter() - started, 1)}
+    report = write_report(out, cases, meta)
+    for name, scores in report["summary"].items():
+        click.echo(f"{name:<10} " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    click.echo(f"best attack: {report['best_attack']}; report in {out}/index.html")

@@ -1,0 +1,192 @@
+"""The hardened building blocks on real images: tile turns (D4), tile scrambles, the
+mix-shuffle-orient mode through the real job, and the D4-invariant model that reads it."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import timm
+import torch
+from click.testing import CliRunner
+
+import train.models  # noqa: F401  (registers d4vit_*)
+from conftest import natural_photos
+from encrypt import ciphers
+from encrypt.cli import cli
+from encrypt.decode import decode_image
+from encrypt.geometry import resize_center_crop
+from keys.derive import DatasetKey
+from releases import make_keystore, make_release, write_imagefolder
+from shards.manifest import CipherSpec
+from shards.reader import iter_samples
+from train.models import DihedralPatchEmbed, model_for_cipher
+from train.models.dihedral import turn_tiles
+
+RNG_SEED = 20  # test draws only; production turns come from keys (keyed_orientations)
+
+
+def obvious_turn(tile: np.ndarray, k: int) -> np.ndarray:
+    """D4 element k written the slow way: mirror left-right when k >= 4, then k % 4 quarter turns."""
+    out = tile[:, ::-1] if k >= 4 else tile
+    for _ in range(k % 4):
+        out = np.rot90(out)
+    return out
+
+
+def tiles_of(img: np.ndarray, t: int) -> list[np.ndarray]:
+    return [img[r:r + t, c:c + t] for r in range(0, img.shape[0], t) for c in range(0, img.shape[1], t)]
+
+
+@pytest.fixture(scope="module")
+def keystore(tmp_path_factory):
+    return make_keystore(tmp_path_factory)
+
+
+def test_orient_turns_each_tile_in_place(photos):
+    img = photos["astronaut"]
+    turns = np.random.default_rng(RNG_SEED).integers(0, 8, 196)
+    enc = ciphers.orient_tiles(img, turns, 16)
+    assert enc.shape == img.shape and enc.dtype == np.uint8
+    for i, (plain, stored) in enumerate(zip(tiles_of(img, 16), tiles_of(enc, 16))):
+        assert np.array_equal(stored, obvious_turn(plain, int(turns[i]))), i
+    assert ciphers.unorient_tiles(enc, turns, 16).tobytes() == img.tobytes()
+
+
+def test_the_eight_turns_are_distinct_and_each_is_undone(photos):
+    tile = photos["coffee"][96:112, 96:112]  # a textured 16 px tile
+    turned = [ciphers.orient_tiles(tile, [k], 16) for k in range(ciphers.DIHEDRAL)]
+    assert len({t.tobytes() for t in turned}) == 8
+    for k, t in enumerate(turned):
+        assert np.array_equal(ciphers.orient_tiles(t, [ciphers.dihedral_inverse(k)], 16), tile)
+
+
+def test_orient_batch_takes_one_row_of_turns_per_image(fmnist_small):
+    images = np.pad(fmnist_small[0][:20], ((0, 0), (2, 2), (2, 2)))[..., None]  # N×32×32×1
+    turns = np.random.default_rng(RNG_SEED).integers(0, 8, (20, 64))
+    enc = ciphers.orient_tiles(images, turns, 4)
+    for i in (0, 7, 19):
+        assert np.array_equal(enc[i], ciphers.orient_tiles(images[i], turns[i], 4))
+    assert np.array_equal(ciphers.unorient_tiles(enc, turns, 4), images)
+    with pytest.raises(ValueError, match="orientations must lie in 0..7"):
+        ciphers.orient_tiles(images[0], np.full(64, 8), 4)
+    with pytest.raises(ValueError, match="63 orientations for an image of 64 tiles"):
+        ciphers.orient_tiles(images[0], np.zeros(63, int), 4)
+
+
+def test_scramble_moves_the_same_values_in_every_tile(photos):
+    img = photos["rocket"]
+    perm = np.random.default_rng(RNG_SEED).permutation(ciphers.scramble_length(16, 3))
+    enc = ciphers.scramble_tiles(img, perm, 16)
+    for plain, stored in list(zip(tiles_of(img, 16), tiles_of(enc, 16)))[::37]:
+        assert np.array_equal(stored.reshape(-1), plain.reshape(-1)[perm])
+        assert Counter(stored.reshape(-1).tolist()) == Counter(plain.reshape(-1).tolist())
+    assert ciphers.unscramble_tiles(enc, perm, 16).tobytes() == img.tobytes()
+    with pytest.raises(ValueError, match="scramble permutation has 10 entries, a 16x16x3 tile has 768"):
+        ciphers.scramble_tiles(img, np.arange(10), 16)
+
+
+def test_mix_shuffle_orient_is_mix_shuffle_then_turns_and_decrypts_to_the_mixed_image(photos):
+    img = photos["chelsea"]
+    rng = np.random.default_rng(RNG_SEED)
+    perm, turns = rng.permutation(196), rng.integers(0, 8, 196)
+    enc = ciphers.encrypt_image(img, "mix-shuffle-orient", perm, 16, 8, turns)
+    assert enc.shape == (112, 112, 3)
+    assert np.array_equal(enc, ciphers.orient_tiles(ciphers.mix_shuffle(img, perm, 16, 8), turns, 8))
+    back = ciphers.decrypt_image(enc, "mix-shuffle-orient", perm, 16, 8, turns)
+    assert np.array_equal(back, ciphers.mix(img, 16, 8))
+    assert ciphers.stored_size("mix-shuffle-orient", 224, 224, 16, 8) == (112, 112)
+    assert ciphers.orientation_length("mix-shuffle-orient", 224, 224, 16, 8) == 196
+    assert ciphers.orientation_length("mix-shuffle", 224, 224, 16, 8) == 0
+    with pytest.raises(ValueError, match="needs the keyed tile orientations"):
+        ciphers.encrypt_image(img, "mix-shuffle-orient", perm, 16, 8)
+
+
+def test_keyed_orientations_are_reproducible_uniform_and_per_sample():
+    key = DatasetKey("turns", bytes(range(32)))
+    a = ciphers.keyed_orientations(key, 4000, "train", "sample-a")
+    assert np.array_equal(a, ciphers.keyed_orientations(key, 4000, "train", "sample-a"))
+    assert not np.array_equal(a, ciphers.keyed_orientations(key, 4000, "train", "sample-b"))
+    assert not np.array_equal(a, ciphers.keyed_orientations(key, 4000, "val", "sample-a"))
+    counts = np.bincount(a, minlength=8)
+    assert counts.min() > 400 and counts.max() < 600  # 500 expected each
+    other = DatasetKey("turns", bytes(range(1, 33)))
+    assert np.mean(a == ciphers.keyed_orientations(other, 4000, "train", "sample-a")) < 0.2
+
+
+def test_mix_shuffle_orient_release_through_the_real_job(tmp_path, keystore):
+    root = tmp_path / "src"
+    files = write_imagefolder(root, {"train": 24})
+    out = tmp_path / "release"
+    manifest = make_release(out, keystore, root, "mix-shuffle-orient", sub_patch=2, shard_samples=12,
+                            dataset_id="fm-orient")
+    assert manifest.cipher.mode == "mix-shuffle-orient" and manifest.cipher.stored_size == (16, 16)
+    assert manifest.cipher.tile == 2
+    key = keystore.dataset_key("fm-orient")
+    by_key = {key.sample_id(rel): path for rel, path in files.items()}
+    samples = list(iter_samples(out, "train"))
+    assert len(samples) == 24
+    for sample in samples:
+        plain = resize_center_crop(decode_image(by_key[sample.key], 1), 32, 32)
+        perm = key.permutation(64, "train", sample.key)
+        turns = ciphers.keyed_orientations(key, 64, "train", sample.key)
+        expected = ciphers.encrypt_image(plain, "mix-shuffle-orient", perm, 4, 2, turns)
+        assert np.array_equal(sample.image, expected)
+        assert np.array_equal(ciphers.decrypt_image(sample.image, "mix-shuffle-orient", perm, 4, 2, turns),
+                              ciphers.mix(plain, 4, 2))
+
+
+def test_manifest_and_model_choice_for_the_new_mode():
+    spec = CipherSpec(mode="mix-shuffle-orient", patch=16, sub_patch=8, image_size=(224, 224),
+                      stored_size=(112, 112), format="jpeg", quality=95, channels=3)
+    name, kwargs = model_for_cipher(spec.to_dict(), 1000, size="small")
+    assert name == "d4vit_small_patch16_224"
+    assert kwargs == {"num_classes": 1000, "in_chans": 3, "patch_size": 8, "img_size": 112}
+    model = timm.create_model(name, device="meta", **kwargs)
+    assert isinstance(model.patch_embed, DihedralPatchEmbed) and model.pos_embed is None
+
+
+def test_d4vit_ignores_tile_order_and_turns_on_encrypted_photos():
+    torch.manual_seed(0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        photos = np.stack(list(natural_photos(64).values()))      # 5×64×64×3 real photos
+        rng = np.random.default_rng(RNG_SEED)
+        perms = np.stack([rng.permutation(64) for _ in range(5)])
+        turns = rng.integers(0, 8, (5, 64))
+        mixed = ciphers.mix(photos, 8, 4).astype(np.float32)        # 32×32 stored, 4 px tiles
+        again = ciphers.orient_tiles(ciphers.shuffle(mixed, perms, 4), turns, 4)
+        as_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2) / 255
+        name, kwargs = model_for_cipher({"mode": "mix-shuffle-orient", "patch": 8, "sub_patch": 4,
+                                         "image_size": 64, "stored_size": 32, "channels": 3}, 10)
+        model = timm.create_model(name, depth=2, **kwargs).eval()
+        with torch.no_grad():
+            a, b = model(as_torch(mixed)), model(as_torch(again))
+            c = model(as_torch(ciphers.shuffle(mixed, perms, 4)))
+        assert torch.allclose(a, b, atol=1e-4)
+        assert torch.allclose(a, c, atol=1e-4)
+        # The invariance is the embedding's doing: a plain PEViT embedding sees the turns.
+        pevit = timm.create_model("pevit_tiny_patch16_224", depth=2, **kwargs).eval()
+        with torch.no_grad():
+            assert not torch.allclose(pevit(as_torch(mixed)), pevit(as_torch(again)), atol=1e-3)
+        for k in range(8):
+            assert torch.equal(turn_tiles(as_torch(mixed), 4, k),
+                               as_torch(ciphers.orient_tiles(mixed, np.full(64, k), 4)))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cli_offers_the_mode_and_refuses_it_for_detection(tmp_path):
+    runner = CliRunner()
+    help_text = runner.invoke(cli, ["imagefolder", "--help"]).output
+    assert "mix-shuffle-orient" in help_text
+    images, ann = tmp_path / "images", tmp_path / "instances.json"
+    images.mkdir()
+    ann.write_text('{"images": [], "annotations": [], "categories": []}')
+    result = runner.invoke(cli, ["coco", str(images), str(ann), str(tmp_path / "out"), "--keystore",
+                                 str(tmp_path / "ks"), "--mode", "mix-shuffle-orient"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot be used for detection" in lines[0]
+    assert not (tmp_path / "out").exists()
