@@ -106,6 +106,16 @@ def _print_table(report: VerifyReport) -> None:
         click.echo(f"FAILED: {', '.join(report.failed)}")
 
 
+def _register_privacy() -> None:
+    """`privacy` lives in audit.privacy (it pulls in torch for the learned attacks)."""
+    from audit.privacy import privacy_command
+
+    cli.add_command(privacy_command, name="privacy")
+
+
+_register_privacy()
+
+
 def main() -> None:
     cli(prog_name="audit-shards")
 

@@ -41,6 +41,7 @@ from audit.attacks.oriented import (draw, oriented_neighbour_accuracy, reconstru
 from audit.metrics import direct_accuracy, neighbour_accuracy, psnr, ssim
 from encrypt.ciphers import (ALL_MODES, ORIENTED_MODES, encrypt_image, keyed_orientations,
                              orientation_length, permutation_length, shuffle, stored_size)
+from keys.errors import KeystoreError
 
 ATTACKS = ("jigsaw", "learned", "inversion")
 BUILTIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
@@ -135,6 +136,7 @@ def cases_from_release(shards: Path, keystore, source: Path, limit: int, resize:
     """The first `limit` samples of a release with their originals (from SRC) and true keys.
 
     Samples are named by their opaque keys; the owner's index maps them to source files.
+    Keyed crop views (`--views`) are skipped: only centre crops can be redrawn from SRC.
     """
     from keys.index import load_index
     from shards.reader import iter_samples, load_manifest
@@ -156,7 +158,9 @@ def cases_from_release(shards: Path, keystore, source: Path, limit: int, resize:
             entry = index.get(sample.key)
             if entry is None:
                 raise PrivacyError(f"{shards}: sample {sample.key} is not in the owner's index of this keystore")
-            path = Path(source) / entry.rel_path
+            if entry.get("view", -1) >= 0:
+                continue  # a keyed random crop: its original geometry cannot be redrawn here
+            path = Path(source) / entry["rel_path"]
             try:
                 with Image.open(path) as im:
                     im.load()
@@ -403,7 +407,7 @@ def privacy_command(mode, patch, sub_patch, size, images, builtin, shards, keyst
     try:
         _run(mode, patch, sub_patch, size, images, builtin, shards, keystore, passphrase_file, source,
              resize, attack_list, limit, learned_steps, out)
-    except (PrivacyError, ValueError) as exc:
+    except (PrivacyError, ValueError, KeystoreError) as exc:
         raise _UsageError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     except OSError as exc:
         raise _UsageError(f"{exc.filename or 'file system'}: {exc.strerror or exc}") from None

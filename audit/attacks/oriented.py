@@ -11,9 +11,10 @@ type-2 puzzles) extended from 4 to 8 orientations:
    "below" is "right of" after a quarter turn of both tiles. Pairs of one tile with itself
    are excluded.
 2. Best-to-second-best confidence (`jigsaw.pair_confidence`).
-3. Kruskal-style merge of clusters in order of confidence. Each cluster fixes its tiles'
-   orientations up to one turn of the whole cluster; a merge turns the smaller cluster so
-   the pair fits, and is refused when tiles would overlap or the cluster outgrow the grid.
+3. Kruskal-style merge of clusters in order of confidence, over the pairs where one side
+   is among the other's 8 best partners. Each cluster fixes its tiles' orientations up to
+   one turn of the whole cluster; a merge turns the smaller cluster so the pair fits, and
+   is refused when tiles would overlap or the cluster outgrow the grid.
 4. The largest cluster is placed on the grid; the rest fill the empty cells greedily (cell
    with most placed neighbours first, best tile and orientation there).
 
@@ -149,7 +150,7 @@ def oriented_dissimilarity(tiles: np.ndarray) -> np.ndarray:
     return out
 
 
-_STEPS = (np.array([0, 1]), np.array([1, 0]))
+_STEPS = ((0, 1), (1, 0))
 
 
 class _Clusters:
@@ -157,39 +158,77 @@ class _Clusters:
 
     def __init__(self, n: int, side: int) -> None:
         self.side = side
-        self.cluster = np.arange(n)
-        self.cell = np.zeros((n, 2), dtype=np.int64)
-        self.turn = np.zeros(n, dtype=np.int64)
+        self.cluster = list(range(n))
+        self.cell = [(0, 0)] * n
+        self.turn = [0] * n
         self.members = {i: [i] for i in range(n)}
         self.occupied = {i: {(0, 0)} for i in range(n)}
+        self.box = {i: (0, 0, 0, 0) for i in range(n)}  # row min, row max, col min, col max
+        table = _table()
+        self.compose = table.tolist()
+        self.inverse = [int(np.argmax(table[k] == 0)) for k in range(DIHEDRAL)]
+        self.mats = [tuple(map(tuple, m)) for m in _matrices().tolist()]
 
-    def merge(self, i: int, gi: int, j: int, gj: int, step: np.ndarray) -> bool:
+    def _move(self, k: int, dr: int, dc: int) -> tuple[int, int]:
+        (a, b), (c, d) = self.mats[k]
+        return a * dr + b * dc, c * dr + d * dc
+
+    def merge(self, i: int, gi: int, j: int, gj: int, step: tuple[int, int]) -> bool:
         """Join j's cluster to i's so that (i turned gi, j turned gj, j at i + step) holds."""
         a, b = self.cluster[i], self.cluster[j]
         if a == b:
             return False
         if len(self.members[a]) < len(self.members[b]):   # move the smaller cluster
-            i, gi, j, gj, step, a, b = j, gj, i, gi, -step, b, a
-        mats = _matrices()
-        turn_pair = compose(self.turn[i], _inverse(gi))      # the pair as i's cluster holds it
-        j_turn = compose(turn_pair, gj)
-        j_cell = self.cell[i] + mats[turn_pair] @ step
-        move = compose(j_turn, _inverse(self.turn[j]))       # turns all of j's cluster
-        moved = self.members[b]
-        cells = j_cell + (self.cell[moved] - self.cell[j]) @ mats[move].T
-        new = {tuple(c) for c in cells.tolist()}
-        if not new.isdisjoint(self.occupied[a]):
+            i, gi, j, gj, step, a, b = j, gj, i, gi, (-step[0], -step[1]), b, a
+        comp, inv = self.compose, self.inverse
+        turn_pair = comp[self.turn[i]][inv[gi]]            # the pair as i's cluster holds it
+        j_turn = comp[turn_pair][gj]
+        dr, dc = self._move(turn_pair, *step)
+        j_cell = (self.cell[i][0] + dr, self.cell[i][1] + dc)
+        move = comp[j_turn][inv[self.turn[j]]]              # turns all of j's cluster
+        base = self.cell[j]
+        moved = {}
+        for x in self.members[b]:
+            mr, mc = self._move(move, self.cell[x][0] - base[0], self.cell[x][1] - base[1])
+            moved[x] = (j_cell[0] + mr, j_cell[1] + mc)
+        rows = [c[0] for c in moved.values()]
+        cols = [c[1] for c in moved.values()]
+        r0, r1, c0, c1 = self.box[a]
+        r0, r1, c0, c1 = min(r0, *rows), max(r1, *rows), min(c0, *cols), max(c1, *cols)
+        if r1 - r0 + 1 > self.side or c1 - c0 + 1 > self.side:
             return False
-        every = np.array(list(self.occupied[a] | new))
-        if (every.max(axis=0) - every.min(axis=0) + 1 > self.side).any():
+        occupied = self.occupied[a]
+        if any(c in occupied for c in moved.values()):
             return False
-        self.cell[moved] = cells
-        self.turn[moved] = compose(move, self.turn[moved])
-        self.cluster[moved] = a
-        self.members[a] += moved
-        self.occupied[a] |= new
-        del self.members[b], self.occupied[b]
+        for x, c in moved.items():
+            self.cell[x] = c
+            self.turn[x] = comp[move][self.turn[x]]
+            self.cluster[x] = a
+        occupied.update(moved.values())
+        self.members[a] += self.members.pop(b)
+        del self.occupied[b], self.box[b]
+        self.box[a] = (r0, r1, c0, c1)
         return True
+
+
+def _candidate_pairs(conf: np.ndarray, dis: np.ndarray, keep: int) -> list[tuple[int, int, int]]:
+    """(orientation, u, v) in order of confidence, for pairs where v is among u's `keep` best
+    partners or u among v's: the other 8N·8N pairs would only ever be refused or mislaid."""
+    out = []
+    for o in range(2):
+        d = dis[o]
+        k = min(keep, d.shape[1] - 1)
+        mask = np.zeros(d.shape, dtype=bool)
+        rows = np.arange(d.shape[0])[:, None]
+        mask[rows, np.argpartition(d, k, axis=1)[:, :k]] = True
+        mask[np.argpartition(d, k, axis=0)[:k, :], np.arange(d.shape[1])[None, :]] = True
+        mask &= np.isfinite(conf[o])
+        u, v = np.nonzero(mask)
+        out.append((conf[o][u, v], np.full(u.size, o), u, v))
+    score = np.concatenate([c[0] for c in out])
+    order = np.argsort(score, kind="stable")
+    o, u, v = (np.concatenate([c[i] for c in out])[order].tolist() for i in (1, 2, 3))
+    return list(zip(o, u, v))
 
 
 def _fill(grid: np.ndarray, turns: np.ndarray, dis: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -248,11 +287,8 @@ def solve_oriented(tiles: np.ndarray, side: int, *, max_offsets: int = 16) -> tu
     dis = oriented_dissimilarity(tiles)
     conf = pair_confidence(dis)
     clusters = _Clusters(n, side)
-    flat = conf.reshape(-1)
-    order = np.argsort(flat, kind="stable")
-    order = order[np.isfinite(flat[order])]
     merges = 0
-    for o, u, v in zip(*(a.tolist() for a in np.unravel_index(order, conf.shape))):
+    for o, u, v in _candidate_pairs(conf, dis, keep=16):
         (i, gi), (j, gj) = divmod(u, DIHEDRAL), divmod(v, DIHEDRAL)
         if clusters.merge(i, gi, j, gj, _STEPS[o]):
             merges += 1
@@ -260,7 +296,8 @@ def solve_oriented(tiles: np.ndarray, side: int, *, max_offsets: int = 16) -> tu
                 break
     core_id = max(clusters.members, key=lambda c: len(clusters.members[c]))
     core = np.array(clusters.members[core_id])
-    at = clusters.cell[core] - clusters.cell[core].min(axis=0)
+    cells = np.array([clusters.cell[x] for x in core])
+    at = cells - cells.min(axis=0)
     height, width = at.max(axis=0) + 1
     offsets = [(r, c) for r in range(side - height + 1) for c in range(side - width + 1)]
     if len(offsets) > max_offsets:
@@ -270,7 +307,7 @@ def solve_oriented(tiles: np.ndarray, side: int, *, max_offsets: int = 16) -> tu
         grid = np.full((side, side), -1)
         turns = np.zeros((side, side), dtype=np.int64)
         grid[at[:, 0] + r0, at[:, 1] + c0] = core
-        turns[at[:, 0] + r0, at[:, 1] + c0] = clusters.turn[core]
+        turns[at[:, 0] + r0, at[:, 1] + c0] = [clusters.turn[x] for x in core]
         grid, turns = _fill(grid, turns, dis, n)
         cost = _cost(grid, turns, dis)
         if cost < best_cost:

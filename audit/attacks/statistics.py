@@ -315,6 +315,9 @@ def recover_scramble(stored_images: np.ndarray, public_images: np.ndarray, tile:
     """
     stored = np.asarray(stored_images)
     public = np.asarray(public_images)
+    for what, batch in (("stored", stored), ("public", public)):
+        if batch.ndim not in (3, 4) or batch.shape[0] == 0:
+            raise ValueError(f"expected a batch N×H×W[×C] of {what} images, got shape {batch.shape}")
     channels = 1 if stored.ndim == 3 else stored.shape[-1]
     public_channels = 1 if public.ndim == 3 else public.shape[-1]
     if channels != public_channels:
