@@ -12,7 +12,8 @@ trained here on public photos; for `-orient` modes it also names each tile's tur
 `inversion` (of the mixing: deconvolution with a smoothness prior). Mixing modes chain a
 placement attack with the inversion. Every reconstruction is scored against the original:
 direct and neighbour accuracy of the placement, PSNR and SSIM of the picture (an exact
-reconstruction's PSNR is written as 99 dB, JSON having no infinity).
+reconstruction's PSNR is written as 99 dB, JSON having no infinity; for `-orient` modes
+the picture is first turned as a whole to its best fit, since a sideways picture hides nothing).
 
 REPORT/privacy.json holds every number; REPORT/index.html shows a table and, per image,
 original | encrypted | best reconstruction (PNG files in REPORT/img). The report is built
@@ -34,10 +35,10 @@ import click
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from audit.attacks.inversion import deconvolve, upsample
+from audit.attacks.inversion import deconvolve
 from audit.attacks.jigsaw import reconstruct
 from audit.attacks.oriented import (draw, oriented_neighbour_accuracy, reconstruct_oriented,
-                                    train_turned_attacker, turned_attack)
+                                    train_turned_attacker, turned_attack, upright_picture)
 from audit.metrics import direct_accuracy, neighbour_accuracy, psnr, ssim
 from encrypt.ciphers import (ALL_MODES, ORIENTED_MODES, encrypt_image, keyed_orientations,
                              orientation_length, permutation_length, shuffle, stored_size)
@@ -169,7 +170,7 @@ def cases_from_release(shards: Path, keystore, source: Path, limit: int, resize:
                 raise PrivacyError(f"{path}: source image of sample {sample.key} not found under --source") from None
             except (UnidentifiedImageError, OSError) as exc:
                 raise PrivacyError(f"{path}: not a readable image ({type(exc).__name__})") from None
-            original = centre_square(plain, h, resize)
+            original = centre_square(plain, h, resize or round(h * 8 / 7))  # encrypt-dataset's default
             if original.ndim == 2:
                 original = original[..., None]
             perm = np.asarray(key.permutation(n, split, sample.key)) if n else None
@@ -217,6 +218,8 @@ def attack_cases(cases: list[Case], mode: str, patch: int, sub_patch: int | None
     def finish(case: Case, name: str, tiles_picture: np.ndarray, scores: dict[str, float]) -> None:
         picture = deconvolve(tiles_picture[None], patch, sub_patch)[0] if mixing else tiles_picture
         picture = picture.reshape(case.original.shape)
+        if oriented:  # the answer may be the whole picture turned, which hides nothing
+            picture = upright_picture(picture, case.original)
         case.results[name] = {**scores, **_picture_scores(case, picture)}
         case.pictures[name] = picture
 

@@ -18,7 +18,7 @@ from encrypt.sources import InputError, list_coco, list_imagefolder
 from keys.errors import KeystoreError
 from keys.keystore import open_keystore
 from keys.passphrase import read_passphrase
-from shards.manifest import ManifestError
+from shards.manifest import MANIFEST_NAME, Manifest, ManifestError
 
 DEFAULT_MODE = "mix-shuffle"
 
@@ -221,13 +221,22 @@ def decrypt(out, dest, keystore, passphrase_file, ids, quiet):
       encrypt-dataset decrypt ~/release ~/two --keystore ~/pv-keys --ids 3f2a...,9c1d...
     """
     wanted = [i.strip() for item in ids for i in item.split(",") if i.strip()] or None
+    _refuse_turned_release(out)
     store = _open_keystore(keystore, passphrase_file)
     with _file_errors_as_bad_input():
         summary = decrypt_release(out, dest, store, ids=wanted, progress=not quiet)
     extra = "" if summary.named_by == "path" else " (no sealed index in the keystore: files are named by sample id)"
     click.echo(f"decrypted {summary.samples} {summary.mode} samples into {summary.dest}{extra}")
-    if summary.mode == "mix-shuffle":
-        click.echo("note: mix-shuffle decrypts to the mixed image; the averaging cannot be undone")
+    if summary.mode.startswith("mix-shuffle"):
+        click.echo(f"note: {summary.mode} decrypts to the mixed image; the averaging cannot be undone")
+
+
+def _refuse_turned_release(out: Path) -> None:
+    """encrypt.decrypt does not undo per-tile turns yet: refuse rather than write wrong images."""
+    path = Path(out) / MANIFEST_NAME
+    if path.is_file() and Manifest.load(path).cipher.mode in ORIENTED_MODES:
+        raise InputError(f"{path}: decrypting a {Manifest.load(path).cipher.mode} release is not supported "
+                         "yet (its tile turns are not undone); nothing written")
 
 
 @cli.command()

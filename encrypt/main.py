@@ -25,11 +25,15 @@ from encrypt.sources import InputError, Skipped, SourceListing
 from keys.index import save_index
 from shards.manifest import CipherSpec, Manifest
 
-# What was measured (DESIGN.md, docs/privacy.md) and must be said when a weak mode is chosen.
+# What was measured (docs/privacy.md) and must be said when a mode other than the default is chosen.
 MODE_RISK = {
-    "shuffle": "a greedy jigsaw solver restores ~97% of patch neighbours of 16 px shuffled photos: "
-               "faces and objects become visible again",
-    "mix": "mix keeps layout and colours: a blurred but recognizable image remains",
+    "shuffle": "a jigsaw solver restores 96% of patch neighbours of 16 px shuffled photos (faces and "
+               "objects visible again), and a learned attacker makes 86% of Fashion-MNIST items recognizable",
+    "mix": "mix keeps layout and colours: a deconvolution gives a 22 dB picture of every photo, and "
+           "87% of Fashion-MNIST items stay recognizable",
+    "mix-shuffle-orient": "no placement attack here gets over 1% of neighbours, yet 38% of centred objects "
+                          "stay recognizable by class, and training reaches only ~0.54 of plain top-1 "
+                          "(Fashion-MNIST)",
     "none": "no cipher: plain images, for baselines only",
 }
 

@@ -12,7 +12,7 @@ type-2 puzzles) extended from 4 to 8 orientations:
    are excluded.
 2. Best-to-second-best confidence (`jigsaw.pair_confidence`).
 3. Kruskal-style merge of clusters in order of confidence, over the pairs where one side
-   is among the other's 8 best partners. Each cluster fixes its tiles' orientations up to
+   is among the other's 16 best partners. Each cluster fixes its tiles' orientations up to
    one turn of the whole cluster; a merge turns the smaller cluster so the pair fits, and
    is refused when tiles would overlap or the cluster outgrow the grid.
 4. The largest cluster is placed on the grid; the rest fill the empty cells greedily (cell
@@ -42,7 +42,7 @@ from audit.attacks.learned import (PositionAttacker, TrainLog, hungarian_placeme
 from encrypt.ciphers import DIHEDRAL, _turn, from_tokens, to_tokens
 
 __all__ = ["TurnedAttacker", "compose", "draw", "oriented_neighbour_accuracy", "reconstruct_oriented",
-           "solve_oriented", "train_turned_attacker", "turned_attack"]
+           "solve_oriented", "train_turned_attacker", "turned_attack", "upright_picture"]
 
 
 @lru_cache(maxsize=1)
@@ -324,6 +324,20 @@ def draw(stored: np.ndarray, placement: np.ndarray, turns: np.ndarray, tile: int
     out = np.stack([_turn(tokens[p][None], int(turns[p]))[0] for p in range(len(placement))])
     out = from_tokens(out, rows, cols)
     return out[..., 0] if img.ndim == 2 else out
+
+
+def upright_picture(picture: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """The picture turned as a whole by the D4 element that brings it closest to the original.
+
+    For scoring only: an attacker turns a sideways picture by eye, it hides nothing.
+    """
+    x = np.asarray(picture)
+    squeeze = x.ndim == 2
+    x = x[None, ..., None] if squeeze else x[None]
+    candidates = [_turn(x, k)[0] for k in range(DIHEDRAL)]
+    target = np.asarray(original, dtype=np.float64).reshape(candidates[0].shape)
+    best = min(candidates, key=lambda c: float(((c.astype(np.float64) - target) ** 2).mean()))
+    return best[..., 0] if squeeze else best
 
 
 def reconstruct_oriented(stored_image: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,372 @@
+"""Hardened cipher modes: accuracy and privacy of every candidate, the same budget for each row.
+
+The candidates of docs/privacy.md, built from the paper's operations and two more:
+  scramble  one per-dataset keyed permutation of the t·t·C values inside every tile
+            (a linear patch embedding absorbs it exactly);
+  orient    a per-image keyed flip / quarter turn (D4) of every stored tile, read by the
+            D4-invariant embedding of train/models/dihedral.py.
+Rows: plain, shuffle, mix, mix-shuffle, shuffle-scramble, shuffle-orient,
+shuffle-scramble-orient, mix-shuffle-orient. Every keyed draw comes from a throwaway
+DatasetKey (keys.derive), as in a release.
+
+Sections (--sections, comma-separated):
+  accuracy    Fashion-MNIST at 32 px, patch 4, sub-patch 2; every row trained with the trainer's
+              loop (train.engine.train_one_epoch / evaluate, timm AdamW + cosine warm-up as in
+              train.engine.train) with the same model size, epochs, batch size and learning
+              rate, plain included. "prototype_recognizability": the row's classifier, trained
+              on ciphertexts of its own key as anyone can, names each encrypted test image's
+              class and a public plain exemplar of that class is shown to the recognizer
+              (audit/recognize.py) — how much "recognizability" needs no reconstruction at all.
+  photos      the five scikit-image photos at 224 px, patch 16, sub-patch 8: the jigsaw solver
+              (the oriented solver for turned modes; for scrambled modes the statistics attack
+              first, from the five stored images): neighbour accuracy, PSNR, SSIM.
+  learned     Fashion-MNIST test images: the position-predicting ViT (with a turn head for
+              turned modes) trained on Fashion-MNIST train, Hungarian placement, inversion of
+              the mixing; neighbour accuracy and recognizability (chance 0.10).
+  statistics  how many stored images the statistics attack needs to read a scramble back.
+
+Prints one JSON object on stdout, progress on stderr. About an hour on two busy CPU cores:
+
+    python benchmarks/hardened_modes.py [--sections accuracy,photos,learned,statistics]
+        [--train 20000] [--epochs 3] [--dim 64] [--depth 4] [--heads 2] [--learned-steps 600]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from audit.attacks.inversion import deconvolve  # noqa: E402
+from audit.attacks.jigsaw import reconstruct  # noqa: E402
+from audit.attacks.learned import attack, public_photos, train_position_attacker  # noqa: E402
+from audit.attacks.oriented import (draw, oriented_neighbour_accuracy, reconstruct_oriented,  # noqa: E402
+                                    train_turned_attacker, turned_attack, upright_picture)
+from audit.attacks.statistics import recover_scramble, scramble_accuracy, undo_scramble, upright  # noqa: E402
+from audit.metrics import neighbour_accuracy, psnr, ssim  # noqa: E402
+from audit.recognize import recognizability, resize_batch, train_recognizer  # noqa: E402
+from conftest import load_fashion_mnist, natural_photos  # noqa: E402
+from encrypt import ciphers  # noqa: E402
+from keys.derive import DatasetKey  # noqa: E402
+from keys.keystream import KeyStream  # noqa: E402
+
+ROWS = ("plain", "shuffle", "mix", "mix-shuffle", "shuffle-scramble", "shuffle-orient",
+        "shuffle-scramble-orient", "mix-shuffle-orient")
+SECTIONS = ("accuracy", "photos", "learned", "statistics")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def throwaway_key(name: str) -> DatasetKey:
+    return DatasetKey(name, os.urandom(32))  # dropped when the benchmark ends
+
+
+def scramble_of(key: DatasetKey, tile: int, channels: int) -> np.ndarray:
+    """The per-dataset scramble: a permutation from the dataset key's own subkey stream."""
+    return np.array(KeyStream(key.subkey("tile-scramble")).permutation(ciphers.scramble_length(tile, channels)))
+
+
+def encrypt_row(images: np.ndarray, row: str, key: DatasetKey, split: str, patch: int,
+                sub_patch: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(stored images, perms, turns) of a batch N×H×W×C under one row's cipher.
+
+    Order: mix → scramble → shuffle → turn, so mix-shuffle-orient is exactly the shipped mode.
+    """
+    if row == "plain":
+        return images, None, None
+    if row == "mix":
+        return ciphers.mix(images, patch, sub_patch), None, None
+    x = ciphers.mix(images, patch, sub_patch) if row.startswith("mix") else images
+    tile = sub_patch if row.startswith("mix") else patch
+    tiles = (x.shape[1] // tile) * (x.shape[2] // tile)
+    if "scramble" in row:
+        x = ciphers.scramble_tiles(x, scramble_of(key, tile, x.shape[-1]), tile)
+    ids = [f"{split}-{i}" for i in range(len(images))]
+    perms = np.stack([key.permutation(tiles, split, i) for i in ids])
+    x = ciphers.shuffle(x, perms, tile)
+    turns = None
+    if "orient" in row:
+        turns = np.stack([ciphers.keyed_orientations(key, tiles, split, i) for i in ids])
+        x = ciphers.orient_tiles(x, turns, tile)
+    return x, perms, turns
+
+
+# -- accuracy --------------------------------------------------------------------------------
+
+def build_model(row: str, args) -> torch.nn.Module:
+    import timm
+
+    import train.models  # noqa: F401  (registers pevit_*, mivit_*, d4vit_*)
+
+    size = dict(num_classes=10, in_chans=1, depth=args.depth, embed_dim=args.dim, num_heads=args.heads)
+    if row == "plain":
+        return timm.create_model("vit_tiny_patch16_224", patch_size=4, img_size=32, **size)
+    if row == "mix":
+        return timm.create_model("mivit_tiny_patch4_32", **size)
+    family = "d4vit_tiny_patch16_224" if "orient" in row else "pevit_tiny_patch16_224"
+    tile, side = (2, 16) if row.startswith("mix") else (4, 32)
+    return timm.create_model(family, patch_size=tile, img_size=side, **size)
+
+
+def train_row(row: str, train_x, train_y, val_x, val_y, args) -> tuple[float, np.ndarray, float]:
+    """(top-1, predicted val classes, seconds) for one row, with the trainer's loop."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    from train.engine import evaluate, train_one_epoch
+    from train.losses import build_loss
+
+    torch.manual_seed(0)
+    model = build_model(row, args)
+    criterion, _ = build_loss("ce", 10)
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=args.lr, weight_decay=0.05)
+    steps = math.ceil(len(train_x) / args.batch_size)
+    warmup = min(1, args.epochs - 1)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=args.epochs - warmup,
+                                       warmup_epochs=warmup, warmup_prefix=True, warmup_lr=1e-6,
+                                       min_lr=1e-6, step_on_epochs=False, updates_per_epoch=steps)
+
+    def transform(images: torch.Tensor, labels: torch.Tensor):
+        return (images.float() / 255 - 0.5) / 0.5, labels
+
+    tx = torch.from_numpy(np.ascontiguousarray(train_x)).permute(0, 3, 1, 2)
+    vx = torch.from_numpy(np.ascontiguousarray(val_x)).permute(0, 3, 1, 2)
+    ty, vy = torch.from_numpy(train_y), torch.from_numpy(val_y)
+    started, step = time.perf_counter(), 0
+    for epoch in range(args.epochs):
+        order = torch.randperm(len(tx), generator=torch.Generator().manual_seed(epoch))
+        batches = ((tx[order[i:i + args.batch_size]], ty[order[i:i + args.batch_size]])
+                   for i in range(0, len(tx), args.batch_size))
+        step = train_one_epoch(model, criterion, batches, transform, optimizer, scheduler,
+                               device=torch.device("cpu"), step=step, clip_grad=1.0)["step"]
+    result = evaluate(model, criterion, ((vx[i:i + 500], vy[i:i + 500]) for i in range(0, len(vx), 500)),
+                      transform, device=torch.device("cpu"))
+    with torch.no_grad():
+        model.eval()
+        predicted = torch.cat([model(transform(vx[i:i + 500], None)[0]).argmax(-1)
+                               for i in range(0, len(vx), 500)]).numpy()
+    return result["top1"], predicted, time.perf_counter() - started
+
+
+@torch.no_grad()
+def exemplars(recognizer, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per class, the public plain image the recognizer is surest of: what an attacker shows
+    once a classifier of ciphertexts has named the class (no reconstruction needed)."""
+    x = torch.from_numpy(np.ascontiguousarray(images[..., 0])).float().div(255.0)[:, None]
+    probs = torch.softmax(recognizer.model(x), dim=-1).numpy()
+    return np.stack([images[labels == c][np.argmax(probs[labels == c, c])] for c in range(10)])
+
+
+def section_accuracy(data, recognizer, args) -> dict:
+    train_x, train_y, val_x, val_y = data
+    key = throwaway_key("bench-accuracy")
+    prototypes = exemplars(recognizer, train_x[:5000], train_y[:5000])
+    rows = {}
+    for row in args.rows:
+        a, _, _ = encrypt_row(train_x, row, key, "train", 4, 2)
+        b, _, _ = encrypt_row(val_x, row, key, "val", 4, 2)
+        top1, predicted, seconds = train_row(row, a, train_y, b, val_y, args)
+        rows[row] = {"top1": round(top1, 4), "seconds": round(seconds, 1),
+                     "prototype_recognizability": round(recognizability(recognizer, prototypes[predicted], val_y), 4)}
+        log(f"accuracy {row}: {rows[row]}")
+    plain = rows.get("plain", {}).get("top1")
+    for name, row in rows.items():
+        if plain and name != "plain":
+            row["ratio_to_plain"] = round(row["top1"] / plain, 4)
+    return {"data": f"Fashion-MNIST {len(train_x)} train / {len(val_x)} test, 32 px, patch 4, sub-patch 2",
+            "budget": {"epochs": args.epochs, "dim": args.dim, "depth": args.depth, "heads": args.heads,
+                       "batch_size": args.batch_size, "lr": args.lr, "loop": "train.engine.train_one_epoch"},
+            "rows": rows, "target_ratio": 0.95}
+
+
+# -- photos ------------------------------------------------------------------------------------
+
+def _colour_public(size: int) -> np.ndarray:
+    from audit.privacy import centre_square
+
+    photos = [p for p in public_photos() if min(p.shape[:2]) >= size and np.ptp(p.astype(int)[..., 0] - p[..., 2]) > 0]
+    return np.stack([centre_square(p, size) for p in photos])
+
+
+def section_photos(args) -> dict:
+    patch, sub, side = 16, 8, 14
+    victims = np.stack(list(natural_photos(224).values()))
+    key = throwaway_key("bench-photos")
+    public = _colour_public(224)
+    out = {}
+    for row in [r for r in args.rows if r not in ("plain", "mix")]:
+        started = time.perf_counter()
+        stored, perms, turns = encrypt_row(victims, row, key, "val", patch, sub)
+        mixing, oriented = row.startswith("mix"), "orient" in row
+        tile = sub if mixing else patch
+        extra: dict = {}
+        work = stored
+        if "scramble" in row:
+            truth = scramble_of(key, tile, 3)
+            try:
+                estimate = recover_scramble(stored, public, tile, oriented=oriented, restarts=4)
+                extra["scramble_accuracy"] = round(scramble_accuracy(estimate.perm, truth, tile, 3, oriented), 4)
+            except ValueError as exc:
+                extra["scramble_accuracy"] = 0.0
+                extra["note"] = str(exc)
+            if extra["scramble_accuracy"] == 1.0:
+                good = upright(estimate, truth, tile, 3)
+                work = np.stack([undo_scramble(img, good, tile) for img in stored])
+                oriented = False  # undo_scramble has already chosen every tile's turn
+                extra["chain"] = "statistics attack, then the jigsaw solver"
+            else:
+                extra["chain"] = "scramble not recovered from these images: the solver sees scrambled tiles"
+        scores = []
+        for i, img in enumerate(work):
+            if oriented:
+                picture, placement, turn = reconstruct_oriented(img, tile)
+                neighbour = oriented_neighbour_accuracy(placement, turn, perms[i], turns[i], side)
+            else:
+                picture, placement = reconstruct(img, tile, (side, side))
+                neighbour = neighbour_accuracy(placement, perms[i], (side, side))
+            plain_picture = deconvolve(picture[None], patch, sub)[0] if mixing else picture
+            if "orient" in row:  # a picture turned as a whole hides nothing: score its best turn
+                plain_picture = upright_picture(plain_picture, victims[i])
+            value = psnr(victims[i], plain_picture)
+            scores.append((neighbour, value if np.isfinite(value) else 99.0, ssim(victims[i], plain_picture)))
+        mean = np.mean(scores, axis=0)
+        out[row] = {"neighbour": round(float(mean[0]), 4), "per_image_neighbour": [round(s[0], 4) for s in scores],
+                    "psnr": round(float(mean[1]), 2), "ssim": round(float(mean[2]), 4), **extra,
+                    "seconds": round(time.perf_counter() - started, 1)}
+        log(f"photos {row}: {out[row]}")
+    return {"data": "scikit-image astronaut, coffee, chelsea, rocket, immunohistochemistry at 224 px, "
+                    "patch 16, sub-patch 8, lossless", "rows": out, "target_neighbour": 0.05}
+
+
+# -- learned -----------------------------------------------------------------------------------
+
+def section_learned(data, recognizer, args) -> dict:
+    train_x, _, val_x, val_y = data
+    victims, labels = val_x[:args.victims], val_y[:args.victims]
+    key = throwaway_key("bench-learned")
+    out = {}
+    for row in ("shuffle", "mix-shuffle", "shuffle-orient", "mix-shuffle-orient"):
+        if row not in args.rows:
+            continue
+        started = time.perf_counter()
+        stored, perms, turns = encrypt_row(victims, row, key, "val", 4, 2)
+        mixing = row.startswith("mix")
+        tile, mixed_from = (2, 4) if mixing else (4, None)
+        if "orient" in row:
+            model = train_turned_attacker(train_x, tile, 8, args.learned_steps, mixed_from_patch=mixed_from)
+            placements, turn = turned_attack(model, stored)
+            pictures = np.stack([draw(s, p, t, tile) for s, p, t in zip(stored, placements, turn)])
+            neighbour = np.mean([oriented_neighbour_accuracy(p, t, q, k, 8)
+                                 for p, t, q, k in zip(placements, turn, perms, turns)])
+        else:
+            model = train_position_attacker(train_x, tile, (8, 8), args.learned_steps, mixed_from_patch=mixed_from)
+            placements = attack(model, stored, tile, (8, 8))
+            pictures = ciphers.shuffle(stored, placements, tile)
+            neighbour = np.mean([neighbour_accuracy(p, q, (8, 8)) for p, q in zip(placements, perms)])
+        recon = deconvolve(pictures, 4, 2) if mixing else pictures
+        if "orient" in row:
+            recon = np.stack([upright_picture(r, v) for r, v in zip(recon, victims)])
+        out[row] = {"neighbour": round(float(neighbour), 4),
+                    "recognizability": round(recognizability(recognizer, recon, labels), 4),
+                    "public_tile_accuracy": round(model.train_log.tile_accuracy, 4),
+                    "seconds": round(time.perf_counter() - started, 1)}
+        log(f"learned {row}: {out[row]}")
+    return {"data": f"{len(victims)} Fashion-MNIST test images, attacker trained {args.learned_steps} steps "
+                    "on Fashion-MNIST train", "rows": out, "chance": 0.1, "target": 0.15}
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+def section_statistics(data, args) -> dict:
+    train_x, _, val_x, _ = data
+    key = throwaway_key("bench-statistics")
+    out: dict = {"fashion-mnist": {}, "photos": {}}
+    public = train_x[:500]
+    for row in ("shuffle-scramble", "shuffle-scramble-orient"):
+        oriented = "orient" in row
+        stored, _, _ = encrypt_row(val_x[:50], row, key, "val", 4, 2)
+        truth = scramble_of(key, 4, 1)
+        found = {}
+        for count in (1, 2, 5, 10, 20, 50):
+            estimate = recover_scramble(stored[:count], public, 4, oriented=oriented)
+            found[count] = round(scramble_accuracy(estimate.perm, truth, 4, 1, oriented), 4)
+        out["fashion-mnist"][row] = {"tile": 4, "values": 16, "accuracy_by_images": found}
+        log(f"statistics fashion-mnist {row}: {found}")
+    victims = np.stack(list(natural_photos(224).values()))
+    colour = _colour_public(224)
+    for row, tile, counts in (("shuffle-scramble", 16, (1, 2, 3)), ("shuffle-scramble-orient", 8, (2, 5))):
+        oriented = "orient" in row
+        stored, _, _ = encrypt_row(victims, row, key, "val", tile, tile // 2)
+        truth = scramble_of(key, tile, 3)
+        found = {}
+        for count in counts:
+            started = time.perf_counter()
+            estimate = recover_scramble(stored[:count], colour, tile, oriented=oriented, restarts=4)
+            found[count] = round(scramble_accuracy(estimate.perm, truth, tile, 3, oriented), 4)
+            log(f"statistics photos {row} tile {tile}, {count} images: {found[count]} "
+                f"({time.perf_counter() - started:.0f} s)")
+        out["photos"][f"{row}-tile{tile}"] = {"tile": tile, "values": tile * tile * 3, "accuracy_by_images": found}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows")
+    parser.add_argument("--train", type=int, default=20000, help="Fashion-MNIST train images")
+    parser.add_argument("--val", type=int, default=2000, help="Fashion-MNIST test images")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--learned-steps", type=int, default=600)
+    parser.add_argument("--victims", type=int, default=500, help="Fashion-MNIST images the learned attack sees")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    args.rows = [r for r in args.rows.split(",") if r]
+    unknown = set(args.rows) - set(ROWS)
+    if unknown:
+        parser.error(f"unknown rows: {', '.join(sorted(unknown))}")
+    sections = [s for s in args.sections.split(",") if s]
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    report: dict = {"settings": {k: v for k, v in vars(args).items()}}
+    data = recognizer = None
+    if {"accuracy", "learned", "statistics"} & set(sections):
+        train_x, train_y = load_fashion_mnist("train", args.train)
+        val_x, val_y = load_fashion_mnist("test", args.val)
+        data = (resize_batch(train_x, 32)[..., None], train_y, resize_batch(val_x, 32)[..., None], val_y)
+    if {"accuracy", "learned"} & set(sections):
+        t0 = time.perf_counter()
+        recognizer = train_recognizer(data[0], data[1], epochs=2)
+        plain = recognizability(recognizer, data[2], data[3])
+        report["recognizer"] = {"plain_top1": round(plain, 4), "seconds": round(time.perf_counter() - t0, 1)}
+        log(f"recognizer: plain test top-1 {plain:.3f}")
+    if "accuracy" in sections:
+        report["accuracy"] = section_accuracy(data, recognizer, args)
+    if "photos" in sections:
+        report["photos"] = section_photos(args)
+    if "learned" in sections:
+        report["learned"] = section_learned(data, recognizer, args)
+    if "statistics" in sections:
+        report["statistics"] = section_statistics(data, args)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
