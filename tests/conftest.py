@@ -79,3 +79,18 @@ def photos() -> dict[str, np.ndarray]:
 import sys as _sys
 
 _sys.path.insert(0, str(REPO / "examples"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One torch thread for the whole suite: the models here are tiny, and two threads on a
+    2-core machine with another busy process make small ops 50-300x slower."""
+    try:
+        import torch
+    except ImportError:  # a train-less install: nothing to set
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

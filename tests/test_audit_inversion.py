@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from audit.attacks.inversion import (deconvolve, invert, mixing_matrix, project_consistent,
                                      train_upsampler, upsample)
@@ -11,15 +10,6 @@ from audit.metrics import psnr, ssim
 from audit.recognize import resize_batch
 from conftest import load_fashion_mnist
 from encrypt.ciphers import mix, mix_float
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The test machine's two cores are shared: one thread avoids OpenMP spin contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,6 @@ def throwaway_permutations(count: int, n: int) -> np.ndarray:
     return np.array([key.permutation(n, "test", f"sample-{i}") for i in range(count)])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The test machine's two cores are shared: one thread avoids OpenMP spin contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def attacker() -> PositionAttacker:
     public, _ = load_fashion_mnist("train", 6000)  # public: the train split, victims: test

@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from audit.attacks.inversion import deconvolve, upsample
 from audit.recognize import Recognizer, predict, recognizability, resize_batch, train_recognizer
@@ -14,15 +13,6 @@ from encrypt.ciphers import mix, mix_shuffle, shuffle
 from keys.derive import DatasetKey
 
 CHANCE = 0.10
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The test machine's two cores are shared: one thread avoids OpenMP spin contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from releases import make_keystore, make_release, write_imagefolder
@@ -28,14 +26,6 @@ TINY = ["--model-arg", "embed_dim=32", "--model-arg", "depth=2", "--model-arg", 
 RUN = ["--epochs", "2", "--batch-size", "32", "--lr", "3e-3", "--warmup-epochs", "0", "--workers", "1",
        "--log-every", "1", "--quiet", *TINY]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")  # one thread, as in this process: the same float results
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

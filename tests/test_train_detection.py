@@ -7,7 +7,6 @@ dataset id, so a sample has the same opaque key in both releases.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,15 +48,6 @@ from train.models.yolos import YOLOS, detector_for_cipher, reference_grid
 SIZE, PATCH, SUB = 64, 8, 4
 CANVAS = 64
 IMAGES = 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -11,14 +10,6 @@ import torch
 from train.box_ops import generalized_box_iou, normalized_to_pixels, pixels_to_normalized
 from train.detection_losses import SetCriterion
 from train.matcher import HungarianMatcher
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def logits_for(probs: list[list[float]]) -> torch.Tensor:

@@ -5,7 +5,6 @@ here in the tests only: `train` itself never imports `encrypt`).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -41,15 +40,6 @@ def mix_float(x: torch.Tensor, patch: int, sub: int) -> torch.Tensor:
 def random_perms(batch: int, n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.stack([torch.randperm(n, generator=g) for _ in range(batch)])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads; on a busy 2-core machine OpenMP spinning costs ~10×."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
