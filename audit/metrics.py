@@ -84,3 +84,45 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     win = min(7, side if side % 2 else side - 1)
     return float(structural_similarity(x, y, data_range=data_range, win_size=win,
                                        channel_axis=-1 if x.ndim == 3 else None))
+
+
+def reidentification(reconstructions: np.ndarray, originals: np.ndarray, labels: np.ndarray, *,
+                     any_turn: bool = False) -> tuple[float, float]:
+    """(rate, chance) of picking each image's own original out of its class by its reconstruction.
+
+    Recognizing the *class* of an image needs no reconstruction (labels are public, and a
+    classifier of ciphertexts names it); what a cipher can hide is the *instance*. For each
+    reconstruction, the originals of the same class are ranked by Pearson correlation of the
+    pixels and the top one must be its own. Chance is the mean of 1 / (images in the class):
+    a class exemplar shown for every image of a class (no reconstruction) scores about that.
+    `any_turn`: a reconstruction may be flipped or turned as a whole (the `-orient` modes);
+    each candidate is scored by its best match over the 8 flips and quarter turns, so the
+    turn is found without looking at the answer.
+    """
+    recon = np.asarray(reconstructions, dtype=np.float64)
+    orig = np.asarray(originals, dtype=np.float64)
+    labels = np.asarray(labels)
+    if recon.shape != orig.shape or recon.ndim < 3:
+        raise ValueError(f"expected matching batches of images, got {recon.shape} and {orig.shape}")
+    if labels.shape != (len(orig),):
+        raise ValueError(f"expected {len(orig)} labels, got shape {labels.shape}")
+
+    def standardised(x: np.ndarray) -> np.ndarray:
+        flat = x.reshape(len(x), -1)
+        flat = flat - flat.mean(axis=1, keepdims=True)
+        norm = np.linalg.norm(flat, axis=1, keepdims=True)
+        return flat / np.where(norm > 0, norm, 1.0)
+
+    if any_turn and recon.shape[1] != recon.shape[2]:
+        raise ValueError(f"any_turn needs square images, got {recon.shape[1]}x{recon.shape[2]}")
+    turned = [recon]
+    if any_turn:
+        flipped = recon[:, :, ::-1]
+        turned = [np.rot90(x, k, axes=(1, 2)) for x in (recon, flipped) for k in range(4)]
+    target = standardised(orig).T
+    correlation = np.max([standardised(x) @ target for x in turned], axis=0)
+    same_class = labels[:, None] == labels[None, :]
+    correlation[~same_class] = -np.inf
+    hits = np.argmax(correlation, axis=1) == np.arange(len(orig))
+    class_sizes = same_class.sum(axis=1)
+    return float(hits.mean()), float(np.mean(1.0 / class_sizes))

@@ -39,7 +39,7 @@ from audit.attacks.inversion import deconvolve
 from audit.attacks.jigsaw import reconstruct
 from audit.attacks.oriented import (draw, oriented_neighbour_accuracy, reconstruct_oriented,
                                     train_turned_attacker, turned_attack, upright_picture)
-from audit.metrics import direct_accuracy, neighbour_accuracy, psnr, ssim
+from audit.metrics import direct_accuracy, neighbour_accuracy, psnr, reidentification, ssim
 from encrypt.ciphers import (ALL_MODES, ORIENTED_MODES, encrypt_image, keyed_orientations,
                              orientation_length, permutation_length, shuffle, stored_size)
 from keys.errors import KeystoreError
@@ -67,6 +67,7 @@ class Case:
     orientations: np.ndarray | None = None  # the cipher's tile turns (-orient modes)
     results: dict[str, dict[str, float]] = field(default_factory=dict)
     pictures: dict[str, np.ndarray] = field(default_factory=dict)
+    as_drawn: dict[str, np.ndarray] = field(default_factory=dict)  # before any turn chosen by the answer
 
 
 # -- images in ---------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def attack_cases(cases: list[Case], mode: str, patch: int, sub_patch: int | None
     if mode == "none":
         for case in cases:
             case.results["stored"] = _picture_scores(case, case.stored)
-            case.pictures["stored"] = case.stored
+            case.pictures["stored"] = case.as_drawn["stored"] = case.stored
         return
     side = cases[0].original.shape[0] // patch
     grid = (side, side)
@@ -218,6 +219,7 @@ def attack_cases(cases: list[Case], mode: str, patch: int, sub_patch: int | None
     def finish(case: Case, name: str, tiles_picture: np.ndarray, scores: dict[str, float]) -> None:
         picture = deconvolve(tiles_picture[None], patch, sub_patch)[0] if mixing else tiles_picture
         picture = picture.reshape(case.original.shape)
+        case.as_drawn[name] = picture
         if oriented:  # the answer may be the whole picture turned, which hides nothing
             picture = upright_picture(picture, case.original)
         case.results[name] = {**scores, **_picture_scores(case, picture)}
@@ -271,13 +273,24 @@ def _best(case: Case) -> str | None:
 
 
 def summarise(cases: list[Case]) -> dict[str, dict[str, float]]:
-    """Mean of every metric per attack over the cases."""
+    """Mean of every metric per attack over the cases, and re-identification among them.
+
+    `reidentification`: how often an attack's picture is closer (pixel correlation, over
+    every flip and quarter turn of the picture) to its own original than to any other image
+    tested; chance is 1 / images. Needs at least two images.
+    """
     names = sorted({name for case in cases for name in case.results})
     out = {}
     for name in names:
         rows = [case.results[name] for case in cases if name in case.results]
         out[name] = {metric: round(float(np.mean([r[metric] for r in rows])), 4)
                      for metric in sorted(rows[0])}
+        drawn = [case for case in cases if name in case.as_drawn]
+        if len(drawn) >= 2 and len(drawn) == len(cases):
+            rate, chance = reidentification(np.stack([c.as_drawn[name] for c in drawn]),
+                                            np.stack([c.original for c in drawn]), np.zeros(len(drawn)),
+                                            any_turn=True)
+            out[name].update(reidentification=round(rate, 4), reidentification_chance=round(chance, 4))
     return out
 
 
@@ -334,7 +347,7 @@ def write_report(out: Path, cases: list[Case], meta: dict[str, Any]) -> dict[str
 def _html(report: dict[str, Any]) -> str:
     e = html.escape
     cipher = report["cipher"]
-    metrics = ("direct", "neighbour", "psnr", "ssim")
+    metrics = ("direct", "neighbour", "psnr", "ssim", "reidentification")
     rows = "".join(
         f"<tr><td>{e(name)}</td>" + "".join(f"<td>{s.get(m, '–')}</td>" for m in metrics) + "</tr>"
         for name, s in report["summary"].items())

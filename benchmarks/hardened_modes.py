@@ -22,7 +22,9 @@ Sections (--sections, comma-separated):
               first, from the five stored images): neighbour accuracy, PSNR, SSIM.
   learned     Fashion-MNIST test images: the position-predicting ViT (with a turn head for
               turned modes) trained on Fashion-MNIST train, Hungarian placement, inversion of
-              the mixing; neighbour accuracy and recognizability (chance 0.10).
+              the mixing; neighbour accuracy, recognizability (chance 0.10) and
+              re-identification (each reconstruction picks its own original out of its class,
+              audit.metrics.reidentification; chance about 1/50). `plain` and `mix` rows too.
   statistics  how many stored images the statistics attack needs to read a scramble back.
 
 Prints one JSON object on stdout, progress on stderr. About an hour on two busy CPU cores:
@@ -53,7 +55,7 @@ from audit.attacks.learned import attack, public_photos, train_position_attacker
 from audit.attacks.oriented import (draw, oriented_neighbour_accuracy, reconstruct_oriented,  # noqa: E402
                                     train_turned_attacker, turned_attack, upright_picture)
 from audit.attacks.statistics import recover_scramble, scramble_accuracy, undo_scramble, upright  # noqa: E402
-from audit.metrics import neighbour_accuracy, psnr, ssim  # noqa: E402
+from audit.metrics import neighbour_accuracy, psnr, reidentification, ssim  # noqa: E402
 from audit.recognize import recognizability, resize_batch, train_recognizer  # noqa: E402
 from conftest import load_fashion_mnist, natural_photos  # noqa: E402
 from encrypt import ciphers  # noqa: E402
@@ -179,7 +181,8 @@ def section_accuracy(data, recognizer, args) -> dict:
         b, _, _ = encrypt_row(val_x, row, key, "val", 4, 2)
         top1, predicted, seconds = train_row(row, a, train_y, b, val_y, args)
         rows[row] = {"top1": round(top1, 4), "seconds": round(seconds, 1),
-                     "prototype_recognizability": round(recognizability(recognizer, prototypes[predicted], val_y), 4)}
+                     "prototype_recognizability": round(recognizability(recognizer, prototypes[predicted], val_y), 4),
+                     "prototype_reidentification": round(reidentification(prototypes[predicted], val_x, val_y)[0], 4)}
         log(f"accuracy {row}: {rows[row]}")
     plain = rows.get("plain", {}).get("top1")
     for name, row in rows.items():
@@ -252,39 +255,58 @@ def section_photos(args) -> dict:
 
 # -- learned -----------------------------------------------------------------------------------
 
+def _learned_reconstruction(row: str, train_x, victims, labels, key, args) -> tuple[dict, np.ndarray]:
+    """The learned attack on one shuffled row: (figures, reconstructions of the victims)."""
+    stored, perms, turns = encrypt_row(victims, row, key, "val", 4, 2)
+    mixing = row.startswith("mix")
+    tile, mixed_from = (2, 4) if mixing else (4, None)
+    if "orient" in row:
+        model = train_turned_attacker(train_x, tile, 8, args.learned_steps, mixed_from_patch=mixed_from)
+        placements, turn = turned_attack(model, stored)
+        pictures = np.stack([draw(s, p, t, tile) for s, p, t in zip(stored, placements, turn)])
+        neighbour = np.mean([oriented_neighbour_accuracy(p, t, q, k, 8)
+                             for p, t, q, k in zip(placements, turn, perms, turns)])
+    else:
+        model = train_position_attacker(train_x, tile, (8, 8), args.learned_steps, mixed_from_patch=mixed_from)
+        placements = attack(model, stored, tile, (8, 8))
+        pictures = ciphers.shuffle(stored, placements, tile)
+        neighbour = np.mean([neighbour_accuracy(p, q, (8, 8)) for p, q in zip(placements, perms)])
+    recon = deconvolve(pictures, 4, 2) if mixing else pictures
+    figures = {"neighbour": round(float(neighbour), 4),
+               "public_tile_accuracy": round(model.train_log.tile_accuracy, 4)}
+    if "orient" in row:  # re-identify over every turn, not by the answer's turn
+        figures["reidentification"] = round(reidentification(recon, victims, labels, any_turn=True)[0], 4)
+        recon = np.stack([upright_picture(r, v) for r, v in zip(recon, victims)])
+    return figures, recon
+
+
 def section_learned(data, recognizer, args) -> dict:
     train_x, _, val_x, val_y = data
     victims, labels = val_x[:args.victims], val_y[:args.victims]
     key = throwaway_key("bench-learned")
     out = {}
-    for row in ("shuffle", "mix-shuffle", "shuffle-orient", "mix-shuffle-orient"):
+    for row in ("plain", "shuffle", "mix", "mix-shuffle", "shuffle-orient", "mix-shuffle-orient"):
         if row not in args.rows:
             continue
         started = time.perf_counter()
-        stored, perms, turns = encrypt_row(victims, row, key, "val", 4, 2)
-        mixing = row.startswith("mix")
-        tile, mixed_from = (2, 4) if mixing else (4, None)
-        if "orient" in row:
-            model = train_turned_attacker(train_x, tile, 8, args.learned_steps, mixed_from_patch=mixed_from)
-            placements, turn = turned_attack(model, stored)
-            pictures = np.stack([draw(s, p, t, tile) for s, p, t in zip(stored, placements, turn)])
-            neighbour = np.mean([oriented_neighbour_accuracy(p, t, q, k, 8)
-                                 for p, t, q, k in zip(placements, turn, perms, turns)])
+        if row == "plain":  # the anchor: the originals themselves
+            recon = victims
+            out[row] = {}
+        elif row == "mix":  # nothing is placed: invert the averaging
+            stored, _, _ = encrypt_row(victims, row, key, "val", 4, 2)
+            recon = deconvolve(stored, 4, 2)
+            out[row] = {}
         else:
-            model = train_position_attacker(train_x, tile, (8, 8), args.learned_steps, mixed_from_patch=mixed_from)
-            placements = attack(model, stored, tile, (8, 8))
-            pictures = ciphers.shuffle(stored, placements, tile)
-            neighbour = np.mean([neighbour_accuracy(p, q, (8, 8)) for p, q in zip(placements, perms)])
-        recon = deconvolve(pictures, 4, 2) if mixing else pictures
-        if "orient" in row:
-            recon = np.stack([upright_picture(r, v) for r, v in zip(recon, victims)])
-        out[row] = {"neighbour": round(float(neighbour), 4),
-                    "recognizability": round(recognizability(recognizer, recon, labels), 4),
-                    "public_tile_accuracy": round(model.train_log.tile_accuracy, 4),
-                    "seconds": round(time.perf_counter() - started, 1)}
+            out[row], recon = _learned_reconstruction(row, train_x, victims, labels, key, args)
+        rate, chance = reidentification(recon, victims, labels)
+        out[row].setdefault("reidentification", round(rate, 4))
+        out[row].update({"recognizability": round(recognizability(recognizer, recon, labels), 4),
+                         "reidentification_chance": round(chance, 4),
+                         "seconds": round(time.perf_counter() - started, 1)})
         log(f"learned {row}: {out[row]}")
     return {"data": f"{len(victims)} Fashion-MNIST test images, attacker trained {args.learned_steps} steps "
-                    "on Fashion-MNIST train", "rows": out, "chance": 0.1, "target": 0.15}
+                    "on Fashion-MNIST train", "rows": out, "chance": 0.1, "target": 0.15,
+            "reidentification": "own original picked out of its class by pixel correlation (audit.metrics)"}
 
 
 # -- statistics --------------------------------------------------------------------------------

@@ -55,8 +55,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rows", default=",".join(r[0] for r in ROWS), help="comma-separated row names")
-    parser.add_argument("--keep", type=Path, help="keep releases and runs here instead of a temp folder")
+    parser.add_argument("--keep", type=Path,
+                        help="keep releases and runs here instead of a temp folder; releases already "
+                             "there are reused, so rows can run as separate processes")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: several single-thread processes scale better on few cores)")
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers per run")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="build the releases the rows need (into --keep) and stop")
     args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     from encrypt.main import encrypt_dataset
     from encrypt.plan import JobSettings
@@ -72,21 +83,27 @@ def main() -> None:
         if not src.exists():
             write_imagefolder(src, args.train_limit, args.val_limit)
         listing = list_imagefolder(src)
-        store = create_keystore(work / f"ks-{time.time_ns()}", b"benchmark passphrase, throwaway")
+        store = None
         releases = {}
         for mode in dict.fromkeys(m for _, m, _ in wanted):
-            out = work / f"release-{mode}-{time.time_ns()}"
+            out = work / f"release-{mode}"
+            releases[mode] = out
+            if (out / "manifest.json").exists():
+                continue
+            store = store or create_keystore(work / f"ks-{time.time_ns()}", b"benchmark passphrase, throwaway")
             settings = JobSettings(mode=mode, patch=4, sub_patch=2 if mode.startswith("mix") else None,
                                    size=32, resize=32, views=1, format="png", quality=95, channels=1,
                                    shard_samples=2000, min_side=8)
             encrypt_dataset(listing, out, store, f"fmnist-{mode}", settings, progress=False)
-            releases[mode] = out
+        if args.prepare_only:
+            print(json.dumps({"releases": {m: str(p) for m, p in releases.items()}}))
+            return
         results = {}
         for name, mode, loss in wanted:
             config = TrainConfig(shards=str(releases[mode]), out=str(work / f"run-{name}-{time.time_ns()}"),
                                  model_kwargs={"depth": args.depth, "embed_dim": args.dim, "num_heads": args.heads},
                                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=loss,
-                                 workers=1, seed=0, progress=False, log_every=10**9)
+                                 workers=args.workers, seed=0, progress=False, log_every=10**9)
             t0 = time.perf_counter()
             summary = train(config)
             last = summary["val"]

@@ -18,7 +18,7 @@ from encrypt.sources import InputError, list_coco, list_imagefolder
 from keys.errors import KeystoreError
 from keys.keystore import open_keystore
 from keys.passphrase import read_passphrase
-from shards.manifest import MANIFEST_NAME, Manifest, ManifestError
+from shards.manifest import ManifestError
 
 DEFAULT_MODE = "mix-shuffle"
 
@@ -146,8 +146,8 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
                            size=size, resize=resize or round(size * 8 / 7), views=views, format=fmt,
                            quality=quality, channels=1 if grayscale else 3, shard_samples=shard_samples,
                            min_side=size // 4 if min_side is None else min_side)
-    _warn_mode(mode)
     store = _open_keystore(keystore, passphrase_file)
+    _warn_mode(mode)  # after every input check: an error stays the only line
     summary = encrypt_dataset(listing, out, store, dataset_id or Path(src).resolve().name, settings,
                               workers=num_cpus, ray_address=ray_address, resume=resume,
                               hide_class_names=hide_class_names, progress=not quiet)
@@ -185,8 +185,8 @@ def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch,
                            size=size, resize=size, views=1, format=fmt, quality=quality,
                            channels=1 if grayscale else 3, shard_samples=shard_samples,
                            task="detection", min_side=1)
-    _warn_mode(mode)
     store = _open_keystore(keystore, passphrase_file)
+    _warn_mode(mode)  # after every input check: an error stays the only line
     summary = encrypt_dataset(listing, out, store, dataset_id or Path(images).resolve().name, settings,
                               workers=num_cpus, ray_address=ray_address, resume=resume, progress=not quiet)
     _report(summary, out)
@@ -221,7 +221,6 @@ def decrypt(out, dest, keystore, passphrase_file, ids, quiet):
       encrypt-dataset decrypt ~/release ~/two --keystore ~/pv-keys --ids 3f2a...,9c1d...
     """
     wanted = [i.strip() for item in ids for i in item.split(",") if i.strip()] or None
-    _refuse_turned_release(out)
     store = _open_keystore(keystore, passphrase_file)
     with _file_errors_as_bad_input():
         summary = decrypt_release(out, dest, store, ids=wanted, progress=not quiet)
@@ -229,14 +228,6 @@ def decrypt(out, dest, keystore, passphrase_file, ids, quiet):
     click.echo(f"decrypted {summary.samples} {summary.mode} samples into {summary.dest}{extra}")
     if summary.mode.startswith("mix-shuffle"):
         click.echo(f"note: {summary.mode} decrypts to the mixed image; the averaging cannot be undone")
-
-
-def _refuse_turned_release(out: Path) -> None:
-    """encrypt.decrypt does not undo per-tile turns yet: refuse rather than write wrong images."""
-    path = Path(out) / MANIFEST_NAME
-    if path.is_file() and Manifest.load(path).cipher.mode in ORIENTED_MODES:
-        raise InputError(f"{path}: decrypting a {Manifest.load(path).cipher.mode} release is not supported "
-                         "yet (its tile turns are not undone); nothing written")
 
 
 @cli.command()

@@ -2,10 +2,11 @@
 
 `shuffle` samples come back exactly as the cipher saw them (the PNG of a PNG release equals
 the resized, cropped source pixel for pixel; a JPEG release carries its encoding losses).
-`mix-shuffle` comes back to the mixed image: averaging cannot be undone. `mix` and `none`
-hold no key, so there is nothing to decrypt. Output files are named by the owner's sealed
-index (`keys.index`), built in a hidden sibling of DEST and renamed into place only when
-every sample is done, and the count is logged as `decrypted` in the custody log.
+`mix-shuffle` and `mix-shuffle-orient` (tile turns undone too) come back to the mixed image:
+averaging cannot be undone. `mix` and `none` hold no key, so there is nothing to decrypt.
+Output files are named by the owner's sealed index (`keys.index`), built in a hidden sibling
+of DEST and renamed into place only when every sample is done, and the count is logged as
+`decrypted` in the custody log.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from encrypt.ciphers import permutation_length, unshuffle, unshuffle_mixed
+from encrypt.ciphers import decrypt_image, keyed_orientations, orientation_length, permutation_length
 from encrypt.sources import InputError
 from keys.errors import KeystoreError
 from keys.index import load_index
@@ -98,6 +99,7 @@ def decrypt_release(out_dir: Path, dest: Path, keystore, *, ids: Iterable[str] |
 
     h, w = cipher.image_size
     n = permutation_length(cipher.mode, h, w, cipher.patch, cipher.sub_patch)
+    turns = orientation_length(cipher.mode, h, w, cipher.patch, cipher.sub_patch)
     total = len(wanted) if wanted is not None else sum(e.samples for es in manifest.splits.values() for e in es)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     written: set[str] = set()
@@ -105,14 +107,11 @@ def decrypt_release(out_dir: Path, dest: Path, keystore, *, ids: Iterable[str] |
     try:
         with tqdm(total=total, unit="img", disable=not progress, desc="decrypt", dynamic_ncols=True) as bar:
             for split in manifest.splits:
-                for sample in iter_samples(out_dir, split, manifest):
-                    if wanted is not None and sample.key not in wanted:
-                        continue
+                for sample in iter_samples(out_dir, split, manifest, only=wanted):
                     perm = dataset_key.permutation(n, split, sample.key)
-                    if cipher.mode == "shuffle":
-                        plain = unshuffle(sample.image, perm, cipher.patch)
-                    else:
-                        plain = unshuffle_mixed(sample.image, perm, cipher.sub_patch)
+                    orientations = keyed_orientations(dataset_key, turns, split, sample.key) if turns else None
+                    plain = decrypt_image(sample.image, cipher.mode, perm, cipher.patch, cipher.sub_patch,
+                                          orientations)
                     name = _output_name(split, sample.key, index, names)
                     target = staging / name
                     target.parent.mkdir(parents=True, exist_ok=True)

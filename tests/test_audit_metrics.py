@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from audit.metrics import direct_accuracy, neighbour_accuracy, psnr, recovered_positions, ssim
+from audit.metrics import direct_accuracy, neighbour_accuracy, psnr, recovered_positions, reidentification, ssim
 from encrypt.ciphers import shuffle, unshuffle
 
 
@@ -108,3 +108,26 @@ def test_grayscale_and_shape_errors(fmnist_small):
         psnr(a, a[:27])
     with pytest.raises(ValueError, match="too small"):
         ssim(a[:2, :2], a[:2, :2])
+
+
+def test_reidentification_tells_instances_apart_not_classes(fmnist_small):
+    images, labels = fmnist_small[0][:300], fmnist_small[1][:300]
+    rate, chance = reidentification(images, images, labels)
+    assert rate == 1.0
+    assert chance == pytest.approx(np.mean([1 / np.sum(labels == c) for c in labels]))
+    noisy = np.clip(images.astype(int) + np.random.default_rng(0).integers(-20, 21, images.shape), 0, 255)
+    assert reidentification(noisy, images, labels)[0] > 0.95  # a faithful reconstruction is re-identified
+    # A class exemplar for every image (what a ciphertext classifier gives): about chance.
+    exemplar = np.stack([images[labels == c][0] for c in range(10)])
+    rate, chance = reidentification(exemplar[labels], images, labels)
+    assert rate <= 2 * chance
+    # Shuffled 4 px tiles of Fashion-MNIST, read as they are stored: far from re-identified.
+    perm = np.random.default_rng(1).permutation(49)
+    stored = shuffle(images[..., None], perm, 4)[..., 0]
+    assert reidentification(stored, images, labels)[0] < 0.5
+    # Turned as a whole: lost without any_turn, found with it.
+    turned = np.rot90(images, 1, axes=(1, 2))
+    assert reidentification(turned, images, labels)[0] < 0.5
+    assert reidentification(turned, images, labels, any_turn=True)[0] == 1.0
+    with pytest.raises(ValueError, match="matching"):
+        reidentification(images[:5], images[:6], labels[:6])

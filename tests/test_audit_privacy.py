@@ -40,6 +40,8 @@ def test_builtin_shuffle_report_shows_the_jigsaw_restores_the_photos(tmp_path):
     assert report["cipher"] == {"mode": "shuffle", "patch": 16, "sub_patch": None, "size": 96, "channels": 3}
     assert report["best_attack"] == "jigsaw" and len(report["images"]) == 5
     assert report["summary"]["jigsaw"]["neighbour"] >= 0.9  # 16 px shuffle of real photos does not hold
+    assert report["summary"]["jigsaw"]["reidentification"] == 1.0  # each picture is its own photo again
+    assert report["summary"]["jigsaw"]["reidentification_chance"] == 0.2
     photos = natural_photos(96)
     for entry in report["images"]:
         original = png(out / entry["files"]["original"])

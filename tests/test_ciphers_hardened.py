@@ -151,19 +151,6 @@ def test_the_trainer_trains_a_d4vit_on_a_mix_shuffle_orient_release(tmp_path, ke
     assert '"name": "d4vit_tiny_patch16_224"' in config and '"patch_size": 2' in config and '"img_size": 16' in config
 
 
-def test_decrypt_refuses_a_turned_release_rather_than_write_wrong_images(tmp_path, keystore):
-    root = tmp_path / "src"
-    write_imagefolder(root, {"train": 4})
-    make_release(tmp_path / "release", keystore, root, "mix-shuffle-orient", sub_patch=2, shard_samples=4,
-                 dataset_id="fm-orient-decrypt")
-    result = CliRunner().invoke(cli, ["decrypt", str(tmp_path / "release"), str(tmp_path / "plain"),
-                                      "--keystore", str(keystore.directory)])
-    assert result.exit_code == 2
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "mix-shuffle-orient release is not supported yet" in lines[0]
-    assert not (tmp_path / "plain").exists()
-
-
 def test_manifest_and_model_choice_for_the_new_mode():
     spec = CipherSpec(mode="mix-shuffle-orient", patch=16, sub_patch=8, image_size=(224, 224),
                       stored_size=(112, 112), format="jpeg", quality=95, channels=3)
@@ -220,14 +207,18 @@ def test_cli_offers_the_mode_and_refuses_it_for_detection(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_choosing_a_mode_prints_its_measured_risk(tmp_path):
+@pytest.mark.parametrize("mode, figure", [("mix-shuffle-orient", "0.54 of plain top-1"),
+                                          ("mix-shuffle", "re-identifies 32%")])
+def test_every_run_prints_its_mode_s_measured_risk(tmp_path, keystore, mode, figure):
     root = tmp_path / "src"
     write_imagefolder(root, {"train": 4})
-    result = CliRunner().invoke(cli, ["imagefolder", str(root), str(tmp_path / "out"), "--keystore",
-                                      str(tmp_path / "no-keystore"), "--mode", "mix-shuffle-orient",
-                                      "--size", "32", "--patch", "4", "--sub-patch", "2", "--grayscale"],
-                                env={"PATCHVEIL_PASSPHRASE": "irrelevant passphrase 1234"})
-    assert result.exit_code == 2
-    warning = [line for line in result.stderr.splitlines() if line.startswith("warning: mode mix-shuffle-orient")]
-    assert len(warning) == 1 and "0.54 of plain top-1" in warning[0] and "docs/privacy.md" in warning[0]
-    assert not (tmp_path / "out").exists()
+    args = ["imagefolder", str(root), str(tmp_path / "out"), "--keystore", str(keystore.directory),
+            "--size", "32", "--patch", "4", "--sub-patch", "2", "--grayscale", "--num-cpus", "0", "--quiet"]
+    result = CliRunner().invoke(cli, args + (["--mode", mode] if mode != "mix-shuffle" else []),
+                                env={"PATCHVEIL_PASSPHRASE": "test keystore: correct horse battery 5c1e"})
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if line.startswith(f"warning: mode {mode}:")]
+    assert len(warning) == 1 and figure in warning[0] and "docs/privacy.md" in warning[0]
+    # A refused run says only its error, no risk line.
+    again = CliRunner().invoke(cli, args, env={"PATCHVEIL_PASSPHRASE": "test keystore: correct horse battery 5c1e"})
+    assert again.exit_code == 2 and len(again.stderr.splitlines()) == 1, again.stderr

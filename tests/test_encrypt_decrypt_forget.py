@@ -28,13 +28,14 @@ PASSPHRASE = "Okapi-Lemur-3318-decrypt-forget"
 
 @pytest.fixture(scope="module")
 def owner(tmp_path_factory):
-    """Source images, a keystore, and shuffle / mix-shuffle / mix releases of the same images."""
+    """Source images, a keystore, and a release of the same images in every keyed mode and mix."""
     base = tmp_path_factory.mktemp("owner")
     files = write_imagefolder(base / "src", {"train": 40, "val": 16})
     listing = list_imagefolder(base / "src")
     store = create_keystore(base / "keystore", PASSPHRASE.encode())
     releases = {}
-    for mode, extra in (("shuffle", {}), ("mix-shuffle", {"sub_patch": 2}), ("mix", {"sub_patch": 2})):
+    for mode, extra in (("shuffle", {}), ("mix-shuffle", {"sub_patch": 2}), ("mix", {"sub_patch": 2}),
+                        ("mix-shuffle-orient", {"sub_patch": 2})):
         releases[mode] = base / mode
         encrypt_dataset(listing, releases[mode], store, f"fm-{mode}",
                         settings(mode=mode, shard_samples=12, **extra), progress=False)
@@ -98,11 +99,16 @@ def test_shuffle_decrypts_pixel_exact_to_the_original_paths(owner, keystore_copy
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
-def test_mix_shuffle_decrypts_to_the_mixed_image(owner, keystore_copy, tmp_path):
+@pytest.mark.parametrize("mode", ["mix-shuffle", "mix-shuffle-orient"])
+def test_mixing_modes_decrypt_to_the_mixed_image(owner, keystore_copy, tmp_path, mode):
+    stored = next(iter_samples(owner["releases"][mode], "train")).image
     dest = tmp_path / "mixed"
-    result = run("decrypt", owner["releases"]["mix-shuffle"], dest, keystore=keystore_copy)
+    result = run("decrypt", owner["releases"][mode], dest, keystore=keystore_copy)
     assert result.exit_code == 0, result.output
+    assert f"decrypted 56 {mode} samples" in result.stdout
     assert "averaging cannot be undone" in result.stdout
+    mixed = [mix(plain(owner, rel), 4, 2)[..., 0] for rel in owner["files"]]
+    assert not any(np.array_equal(stored[..., 0], m) for m in mixed)  # stored tiles are moved (and turned)
     for rel in owner["files"]:
         restored = np.asarray(Image.open(dest / rel))
         assert restored.shape == (16, 16)

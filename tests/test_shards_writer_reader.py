@@ -198,6 +198,10 @@ def test_pipeline_yields_what_iter_samples_yields(fmnist_release):
     assert len(got) == len(expected) == 120
     for (image, label, meta), sample in zip(got, expected):
         assert np.array_equal(image, sample.image) and label == sample.label and meta is None
+    chosen = {expected[3].key, expected[77].key}
+    picked = list(iter_samples(out, "train", manifest, only=chosen))
+    assert [p.key for p in picked] == [expected[3].key, expected[77].key]
+    assert np.array_equal(picked[1].image, expected[77].image)
 
 
 def test_pipeline_shuffles_shards_and_samples_but_keeps_every_sample(fmnist_release, fmnist_samples):
@@ -312,6 +316,9 @@ def test_a_flipped_byte_in_a_tar_header_is_reported_not_read_as_a_short_shard(fm
     assert any(p.startswith(corrupt) for p in problems)
     with pytest.raises(ShardError, match="train-000000.tar: corrupt tar header"):
         list(iter_samples(out, "train", manifest))
+    # The training stream reads shards the same strict way (a tar stream would stop quietly).
+    with pytest.raises(ShardError, match="train-000000.tar: corrupt tar header"):
+        list(webdataset_pipeline(out, "train", manifest=manifest, decode=False))
 
 
 def test_truncated_missing_unlisted_and_leftover_files_are_reported(fmnist_release):

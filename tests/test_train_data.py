@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 from collections import Counter
@@ -125,6 +126,27 @@ def test_train_epochs_are_equal_per_rank_reproducible_and_split_by_shard(release
         other = next(iter(loader.epoch(1)))
         assert not torch.equal(other[0], batches[0][0])
     assert lengths[0] == lengths[1]
+
+
+class _CountingLoader(ShardLoader):
+    """Records, from inside each worker, every sample it converts (one file per process)."""
+
+    log_dir: Path
+
+    def convert(self, sample):
+        with open(self.log_dir / f"{os.getpid()}.log", "a") as log:
+            log.write("x\n")
+        return super().convert(sample)
+
+
+def test_workers_decode_only_the_epoch_they_deliver(release, tmp_path):
+    opened = open_release(release, ("train",))
+    loader = _CountingLoader(opened, "train", batch_size=40, train=True, workers=2, seed=1)
+    loader.log_dir = tmp_path
+    batches = list(loader.epoch(0))
+    converted = sum(len(p.read_text().splitlines()) for p in tmp_path.glob("*.log"))
+    assert len(list(tmp_path.glob("*.log"))) == 2  # both workers took part
+    assert converted == len(batches) * 40 == len(loader) * 40  # none decoded to be thrown away
 
 
 def test_every_rank_gets_the_same_batch_count_when_shards_do_not_divide(release):

@@ -23,10 +23,11 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,10 +38,13 @@ from shards.reader import ShardError, load_manifest, verify_shards, webdataset_p
 __all__ = [
     "Augmentation",
     "BatchTransform",
+    "EveryNth",
     "Release",
     "ShardLoader",
+    "channel_stats",
     "epoch_seed",
     "open_release",
+    "stack_images",
     "token_tile",
     "worker_error_line",
 ]
@@ -49,8 +53,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def token_tile(cipher: CipherSpec) -> int:
-    """Side in pixels of one token in the stored image: p for none/shuffle, s for the mixing modes."""
-    return cipher.sub_patch if cipher.mode in ("mix", "mix-shuffle") else cipher.patch
+    """Side in pixels of one token in the stored image (the manifest decides: p, or s once mixed)."""
+    return cipher.tile
 
 
 @dataclass(frozen=True)
@@ -77,19 +81,20 @@ class Release:
 
 
 def open_release(root: str | os.PathLike, splits: Sequence[str] = ("train",), *,
-                 public_key: bytes | None = None, verify_digests: bool = False) -> Release:
+                 public_key: bytes | None = None, verify_digests: bool = False,
+                 task: str = "classification") -> Release:
     """Load and verify `root/manifest.json` and check the shards of `splits`.
 
     Always: the signature (against `public_key`, else the key the manifest names), that the
-    release is for classification, that every shard of `splits` exists at its listed size.
+    release is for `task`, that every shard of `splits` exists at its listed size.
     With `verify_digests`: `shards.reader.verify_shards` on the whole release (sha256, sample
     counts, no stray files). Raises ManifestError or ShardError with one line naming the file.
     """
     root = Path(root)
     manifest = load_manifest(root, public_key)
-    if manifest.task != "classification":
+    if manifest.task != task:
         raise ManifestError(f"{root / 'manifest.json'}: a {manifest.task} release; "
-                            "classification needs a classification release")
+                            f"{task} needs a {task} release")
     for split in splits:
         try:
             entries = manifest.entries(split)
@@ -122,7 +127,7 @@ def epoch_seed(seed: int, epoch: int, rank: int, stream: str = "data") -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-class _EveryNth:
+class EveryNth:
     """Node splitter: this rank's shards are every world-size-th one (picklable for workers)."""
 
     def __init__(self, rank: int, world_size: int) -> None:
@@ -132,16 +137,49 @@ class _EveryNth:
         return islice(src, self.rank, None, self.world_size)
 
 
-def _to_chw(sample: tuple[np.ndarray, int | None, dict | None]) -> tuple[torch.Tensor, int]:
+def stack_images(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """H×W×C uint8 arrays → one uint8 B×C×H×W tensor, with a single copy per image.
+
+    Inside a DataLoader worker the batch is allocated in shared memory, as torch's default
+    collate does, so handing it to the main process does not copy it again.
+    """
+    height, width, channels = images[0].shape
+    out = torch.empty((len(images), channels, height, width), dtype=torch.uint8)
+    if torch.utils.data.get_worker_info() is not None:
+        out.share_memory_()
+    for i, image in enumerate(images):
+        out[i].copy_(torch.from_numpy(image).permute(2, 0, 1))
+    return out
+
+
+class _WorkerShare(torch.utils.data.IterableDataset):
+    """This worker's share of an epoch's batches, and no more.
+
+    A training stream repeats its shards (webdataset's `with_epoch`), so each worker could
+    go on forever; the DataLoader takes batches from its workers in turn, so worker w of W
+    supplies batches w, w + W, …: decoding more than that is thrown away at the end of
+    every epoch (up to `prefetch_factor` batches per worker, a large share of a short epoch).
+    """
+
+    def __init__(self, batches: Iterable, total: int) -> None:
+        self.batches, self.total = batches, total
+
+    def __iter__(self) -> Iterator:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return islice(iter(self.batches), len(range(worker, self.total, workers)))
+
+
+def _class_label(sample: tuple[np.ndarray, int | None, dict | None]) -> tuple[np.ndarray, int]:
     image, label, _ = sample
     if label is None:
         raise ShardError("a sample has no cls member: classification needs a class label per sample")
-    return torch.from_numpy(image).permute(2, 0, 1).contiguous(), label
+    return image, label
 
 
-def _collate(samples: list[tuple[torch.Tensor, int]]) -> Batch:
+def _collate(samples: list[tuple[np.ndarray, int]]) -> Batch:
     images, labels = zip(*samples)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+    return stack_images(images), torch.tensor(labels, dtype=torch.int64)
 
 
 def worker_error_line(exc: BaseException) -> str:
@@ -208,11 +246,15 @@ class ShardLoader:
         """Batches this rank gets per epoch."""
         return self._batches
 
-    def convert(self, sample: tuple[np.ndarray, int | None, dict | None]) -> tuple[torch.Tensor, int]:
-        """One decoded `(image, label, meta)` → what `collate` batches (a subclass may change both)."""
-        return _to_chw(sample)
+    def convert(self, sample: tuple[np.ndarray, int | None, dict | None]) -> Any:
+        """One decoded `(image, label, meta)` → what `collate` batches (a subclass may change both).
 
-    def collate(self, samples: list[tuple[torch.Tensor, int]]) -> Batch:
+        Runs in the DataLoader workers, so it must be picklable with the loader.
+        """
+        return _class_label(sample)
+
+    def collate(self, samples: list[Any]) -> Any:
+        """A list of `convert` results → one batch (in the workers)."""
         return _collate(samples)
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
@@ -230,11 +272,13 @@ class ShardLoader:
             self.release.root, self.split, manifest=self.release.manifest,
             shuffle=self.shuffle_buffer if self.train else 0,
             epoch_length=self._batches * self.batch_size if self.train else None,
-            nodesplitter=_EveryNth(self.rank, self.world_size), workersplitter="default",
+            nodesplitter=EveryNth(self.rank, self.world_size), workersplitter="default",
             seed=seed,
         )
         dataset = dataset.map(self.convert).batched(self.batch_size, collation_fn=self.collate,
                                                    partial=not self.train)
+        if self.train:
+            dataset = _WorkerShare(dataset, self._batches)
         loader = wds.WebLoader(dataset, batch_size=None, num_workers=self.workers,
                                generator=torch.Generator().manual_seed(seed),
                                persistent_workers=False, pin_memory=self.pin_memory)
@@ -273,7 +317,7 @@ class Augmentation:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
-def _channel_stats(values: Sequence[float], channels: int) -> list[float]:
+def channel_stats(values: Sequence[float], channels: int) -> list[float]:
     """The model's per-channel statistic for the stored channel count (grey: the mean of RGB)."""
     values = [float(v) for v in values]
     if len(values) == channels:
@@ -301,11 +345,11 @@ class BatchTransform:
 
         self.cipher, self.tile, self.num_classes = cipher, token_tile(cipher), num_classes
         self.device = torch.device(device)
-        self.mean = torch.tensor(_channel_stats(mean, cipher.channels), device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(_channel_stats(std, cipher.channels), device=self.device).view(1, -1, 1, 1)
+        self.mean = torch.tensor(channel_stats(mean, cipher.channels), device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(channel_stats(std, cipher.channels), device=self.device).view(1, -1, 1, 1)
         self.augment = augment
         self._aug = aug
-        self.per_tile_flip = cipher.mode in ("shuffle", "mix-shuffle")
+        self.per_tile_flip = "shuffle" in cipher.mode  # tiles moved: flip each in place
         self.jitter = None
         self.mixer = None
         if augment is not None and augment.color_jitter > 0:

@@ -18,22 +18,19 @@ batching differ.
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import islice
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from shards.manifest import CipherSpec, Manifest, ManifestError
-from shards.reader import ShardError, load_manifest, verify_shards, webdataset_pipeline
+from shards.reader import ShardError
 from train.box_ops import pixels_to_normalized
-from train.data import Release, ShardLoader, _channel_stats, _EveryNth, epoch_seed
+from train.data import Release, ShardLoader, channel_stats, open_release, stack_images
 
 __all__ = [
     "CategoryMap",
@@ -89,37 +86,17 @@ def open_detection_release(root: str | os.PathLike, splits: Sequence[str] = ("tr
     every shard of `splits` exists at its listed size. With `verify_digests`, every shard's
     sha256 and sample count and no stray files. One-line ManifestError / ShardError.
     """
-    root = Path(root)
-    manifest = load_manifest(root, public_key)
-    where = root / "manifest.json"
-    if manifest.task != "detection":
-        raise ManifestError(f"{where}: a {manifest.task} release; detection needs a detection release")
-    if manifest.cipher.mode not in ("mix", "none"):
-        raise ManifestError(f"{where}: cipher {manifest.cipher.mode} moves patches, so boxes "
+    release = open_release(root, splits, public_key=public_key, verify_digests=verify_digests,
+                           task="detection")
+    where = release.root / "manifest.json"
+    if release.cipher.mode not in ("mix", "none"):
+        raise ManifestError(f"{where}: cipher {release.cipher.mode} moves patches, so boxes "
                             "cannot be learned; detection reads mix or none releases")
     try:
-        CategoryMap.from_manifest(manifest)
+        CategoryMap.from_manifest(release.manifest)
     except ManifestError as e:
         raise ManifestError(f"{where}: {e}") from None
-    for split in splits:
-        if split not in manifest.splits:
-            raise ManifestError(f"{where}: no split {split!r} (it has {', '.join(sorted(manifest.splits))})")
-        for entry in manifest.entries(split):
-            path = root / entry.name
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                raise ShardError(f"{path}: missing (listed in the manifest)") from None
-            except OSError as e:
-                raise ShardError(f"{path}: cannot be read ({e.strerror})") from None
-            if size != entry.bytes:
-                raise ShardError(f"{path}: {size} bytes, the manifest says {entry.bytes}")
-    if verify_digests:
-        problems = verify_shards(root, manifest, check_digests=True)
-        if problems:
-            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            raise ShardError(f"{root}/{problems[0]}{more}")
-    return Release(root, manifest)
+    return release
 
 
 def _float_list(value: Any, n: int | None, what: str) -> list[float]:
@@ -170,49 +147,29 @@ def target_from_meta(meta: dict | None, categories: CategoryMap, stored_size: tu
     }
 
 
-def _to_detection(sample: tuple[np.ndarray, int | None, dict | None], categories: CategoryMap,
-                  stored_size: tuple[int, int]) -> tuple[torch.Tensor, Target]:
-    image, _, meta = sample
-    return torch.from_numpy(image).permute(2, 0, 1).contiguous(), target_from_meta(meta, categories, stored_size)
-
-
-def _collate(samples: list[tuple[torch.Tensor, Target]]) -> DetectionBatch:
+def _collate(samples: list[tuple[np.ndarray, Target]]) -> DetectionBatch:
     images, targets = zip(*samples)
-    return torch.stack(images), list(targets)
+    return stack_images(images), list(targets)
 
 
 class DetectionLoader(ShardLoader):
     """(images uint8 B×C×H×W, list of B target dicts) batches of one split of a detection release.
 
-    Same epochs as `ShardLoader`: `train=True` shuffled, full batches, `len(loader)` of them
-    on every rank; `train=False` every sample of this rank's shards once, in shard order.
+    `ShardLoader`'s epochs (`train=True` shuffled, full batches, `len(loader)` of them on
+    every rank; `train=False` every sample once, in shard order); only the per-sample
+    conversion (boxes from the sample's json) and the batching of targets differ.
     """
 
     def __init__(self, release: Release, split: str, **kwargs: Any) -> None:
         super().__init__(release, split, **kwargs)
         self.categories = CategoryMap.from_manifest(release.manifest)
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[DetectionBatch]:
-        """The batches of `epoch` (the same ones every time), after skipping the first `skip`."""
-        if len(self) == 0:
-            return iter(())
-        import webdataset as wds
+    def convert(self, sample: tuple[np.ndarray, int | None, dict | None]) -> tuple[np.ndarray, Target]:
+        image, _, meta = sample
+        return image, target_from_meta(meta, self.categories, self.release.cipher.stored_size)
 
-        seed = epoch_seed(self.seed, epoch, self.rank)
-        dataset = webdataset_pipeline(
-            self.release.root, self.split, manifest=self.release.manifest,
-            shuffle=self.shuffle_buffer if self.train else 0,
-            epoch_length=len(self) * self.batch_size if self.train else None,
-            nodesplitter=_EveryNth(self.rank, self.world_size), workersplitter="default", seed=seed)
-        convert = functools.partial(_to_detection, categories=self.categories,
-                                    stored_size=self.release.cipher.stored_size)
-        dataset = dataset.map(convert).batched(self.batch_size, collation_fn=_collate, partial=not self.train)
-        loader = wds.WebLoader(dataset, batch_size=None, num_workers=self.workers,
-                               generator=torch.Generator().manual_seed(seed),
-                               persistent_workers=False, pin_memory=self.pin_memory)
-        if self.train:
-            loader = loader.with_epoch(len(self))
-        return islice(iter(loader), skip, None)
+    def collate(self, samples: list[tuple[np.ndarray, Target]]) -> DetectionBatch:
+        return _collate(samples)
 
 
 class DetectionTransform:
@@ -230,8 +187,8 @@ class DetectionTransform:
         if not 0.0 <= hflip <= 1.0:
             raise ValueError(f"hflip must be in [0, 1], got {hflip}")
         self.device = torch.device(device)
-        self.mean = torch.tensor(_channel_stats(mean, cipher.channels), device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(_channel_stats(std, cipher.channels), device=self.device).view(1, -1, 1, 1)
+        self.mean = torch.tensor(channel_stats(mean, cipher.channels), device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(channel_stats(std, cipher.channels), device=self.device).view(1, -1, 1, 1)
         self.hflip, self.train = hflip, train
 
     def __call__(self, images: torch.Tensor, targets: list[Target]) -> tuple[torch.Tensor, list[Target]]:

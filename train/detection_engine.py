@@ -60,11 +60,11 @@ from train.engine import (
     MetricsLog,
     RunError,
     Runtime,
-    _autocast,
-    _check_run_folder,
-    _main_decides,
-    _normalisation,
-    _seed_augmentation,
+    autocast,
+    check_run_folder,
+    main_decides,
+    model_normalisation,
+    seed_augmentation,
     create_model,
     start_runtime,
 )
@@ -201,7 +201,7 @@ def train_one_epoch_detection(model: nn.Module, criterion: SetCriterion, batches
     samples = batches_done = 0
     for index, (images, targets) in enumerate(batches, start=1):
         inputs, targets = transform(images, targets)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             outputs = model(inputs)
         terms = criterion(_as_float(outputs), targets)
         loss = terms["loss"]
@@ -277,7 +277,7 @@ def evaluate_detection(model: nn.Module, batches: Iterable, transform: Detection
     images: list[dict[str, Any]] = []
     for batch_images, targets in batches:
         inputs, targets = transform(batch_images, targets)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             outputs = model(inputs)
         ids = list(range(len(images) + 1, len(images) + 1 + len(targets)))
         sizes = torch.stack([t["size"] for t in targets])
@@ -333,10 +333,10 @@ def fit_detection(config: DetectionConfig, *, resume: bool = False, device: str 
     """
     runtime = start_runtime(device)
     out = Path(config.out)
-    _main_decides(runtime, lambda: _check_run_folder(out, resume))
+    main_decides(runtime, lambda: check_run_folder(out, resume))
     splits = [config.train_split] + ([config.val_split] if config.val_split else [])
     if config.verify_digests:
-        _main_decides(runtime, lambda: open_detection_release(config.shards, splits, verify_digests=True))
+        main_decides(runtime, lambda: open_detection_release(config.shards, splits, verify_digests=True))
     release = open_detection_release(config.shards, splits)
     categories = CategoryMap.from_manifest(release.manifest)
     if not release.cipher.encrypted:
@@ -350,7 +350,7 @@ def fit_detection(config: DetectionConfig, *, resume: bool = False, device: str 
     torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
     name, kwargs, model = build_detector(config, release)
     criterion = config.criterion(len(categories))
-    mean, std = _normalisation(model)
+    mean, std = model_normalisation(model)
     model.to(runtime.device)
     criterion.to(runtime.device)
 
@@ -425,7 +425,7 @@ def fit_detection(config: DetectionConfig, *, resume: bool = False, device: str 
         if skip:
             restore_rng(state["rng"][runtime.rank])
         else:
-            _seed_augmentation(config.seed, epoch, runtime.rank)
+            seed_augmentation(config.seed, epoch, runtime.rank)
         bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}",
                    unit="batch", disable=not (config.progress and runtime.main), dynamic_ncols=True,
                    leave=False)

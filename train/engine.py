@@ -54,9 +54,14 @@ __all__ = [
     "Run",
     "RunError",
     "TrainConfig",
+    "autocast",
     "build_model",
+    "check_run_folder",
     "evaluate",
     "evaluate_checkpoint",
+    "main_decides",
+    "model_normalisation",
+    "seed_augmentation",
     "train",
     "train_one_epoch",
 ]
@@ -195,7 +200,7 @@ def start_runtime(device: str | None = None) -> Runtime:
     return Runtime(0, 1, dev)
 
 
-def _seed_augmentation(seed: int, epoch: int, rank: int) -> None:
+def seed_augmentation(seed: int, epoch: int, rank: int) -> None:
     """Seed the generators augmentations draw from, per epoch and rank (not keyed)."""
     s = epoch_seed(seed, epoch, rank, stream="augment")
     torch.manual_seed(s)
@@ -203,7 +208,7 @@ def _seed_augmentation(seed: int, epoch: int, rank: int) -> None:
     random.seed(s)
 
 
-def _autocast(device: torch.device, amp: bool):
+def autocast(device: torch.device, amp: bool):
     """bf16 autocast on CUDA; CPU runs in float32 (bf16 on CPU is slow and gains nothing)."""
     if amp and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
@@ -249,7 +254,8 @@ def _build_loss(config: TrainConfig, num_classes: int) -> tuple[nn.Module, int]:
                       anchors=config.anchors, scale=config.anchor_scale, seed=config.seed)
 
 
-def _normalisation(model: nn.Module) -> tuple[list[float], list[float]]:
+def model_normalisation(model: nn.Module) -> tuple[list[float], list[float]]:
+    """The mean and std timm's data config gives `model` (the input normalisation it expects)."""
     cfg = resolve_data_config({}, model=model)
     return [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
 
@@ -274,7 +280,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, batches: Iterable, t
     samples = batches_done = 0
     for index, (images, labels) in enumerate(batches, start=1):
         inputs, targets = transform(images, labels)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             outputs = model(inputs)
         loss = criterion(outputs.float(), targets)
         optimizer.zero_grad(set_to_none=True)
@@ -307,7 +313,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, batches: Iterable, transfor
     samples = 0
     for images, labels in batches:
         inputs, targets = transform(images, labels)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             outputs = model(inputs)
         outputs = outputs.float()
         logits = criterion.logits(outputs)
@@ -351,7 +357,8 @@ class MetricsLog:
         atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
 
 
-def _check_run_folder(out: Path, resume: bool) -> None:
+def check_run_folder(out: Path, resume: bool) -> None:
+    """Refuse (RunError) a file as run folder, a run folder already used, a resume without last.pt."""
     if out.exists() and not out.is_dir():
         raise RunError(f"{out}: exists and is not a folder")
     if resume:
@@ -397,7 +404,7 @@ class Run:
         torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
         self.criterion, head_width = _build_loss(config, release.num_classes)
         self.name, self.kwargs, self.model = build_model(config.model, release, head_width, config.model_kwargs)
-        self.mean, self.std = _normalisation(self.model)
+        self.mean, self.std = model_normalisation(self.model)
         self.model.to(runtime.device)
         self.criterion.to(runtime.device)
         self.train_model = self.model
@@ -518,7 +525,7 @@ class Run:
         if skip:
             restore_rng(self.rng_states[runtime.rank])
         else:
-            _seed_augmentation(config.seed, self.epoch, runtime.rank)
+            seed_augmentation(config.seed, self.epoch, runtime.rank)
         bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {self.epoch + 1}/{config.epochs}",
                    unit="batch", disable=not (config.progress and runtime.main), dynamic_ncols=True, leave=False)
         started = time.perf_counter()
@@ -556,10 +563,10 @@ def train(config: TrainConfig, *, resume: bool = False, device: str | None = Non
     """
     runtime = start_runtime(device)
     out = Path(config.out)
-    _main_decides(runtime, lambda: _check_run_folder(out, resume))
+    main_decides(runtime, lambda: check_run_folder(out, resume))
     splits = [config.train_split] + ([config.val_split] if config.val_split else [])
     if config.verify_digests:
-        _main_decides(runtime, lambda: open_release(config.shards, splits, verify_digests=True))
+        main_decides(runtime, lambda: open_release(config.shards, splits, verify_digests=True))
     release = open_release(config.shards, splits)
     if not release.cipher.encrypted:
         log.warning("%s: cipher none, plain images: a baseline, not an encrypted release", release.root)
@@ -594,7 +601,7 @@ def _loading(path: str | os.PathLike) -> Iterator[None]:
         raise CheckpointError(f"{path}: does not hold a run this code can load ({reason})") from None
 
 
-def _main_decides(runtime: Runtime, check: Callable[[], Any]) -> None:
+def main_decides(runtime: Runtime, check: Callable[[], Any]) -> None:
     """Run `check` on rank 0 only and raise its error on every rank.
 
     For checks that read or hash files once (run folder, --verify-digests) and must not

@@ -203,22 +203,31 @@ def _merge_clusters(conf: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray,
 _SIDES = (((0, -1), 0, True), ((0, 1), 0, False), ((-1, 0), 1, True), ((1, 0), 1, False))
 
 
-def _fill(grid: np.ndarray, dis: np.ndarray) -> np.ndarray:
-    """Fill empty cells (-1): most placed neighbours first, then the lowest mean dissimilarity."""
+def fill_empty_cells(grid: np.ndarray, dis: np.ndarray, turns: np.ndarray | None = None,
+                     variants: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Fill empty cells (-1): most placed neighbours first, then the lowest mean dissimilarity.
+
+    `dis[o]` compares tile variants (tile · `variants` + turn); with `variants` > 1 (turned
+    tiles, `oriented.py`) each empty cell gets the best remaining tile in its best turn.
+    Returns (grid, turns); turns stay 0 when `variants` is 1.
+    """
     rows, cols = grid.shape
     grid = grid.copy()
-    placed = np.zeros(dis.shape[1], dtype=bool)
+    turns = np.zeros_like(grid) if turns is None else turns.copy()
+    placed = np.zeros(dis.shape[1] // variants, dtype=bool)
     placed[grid[grid >= 0]] = True
     while not placed.all():
         free = np.flatnonzero(~placed)
-        cost = np.zeros((rows, cols, free.size))
+        candidates = (free[:, None] * variants + np.arange(variants)[None]).reshape(-1)
+        virtual = np.where(grid >= 0, grid * variants + turns, -1)
+        cost = np.zeros((rows, cols, candidates.size))
         count = np.zeros((rows, cols), dtype=np.int64)
         for (dr, dc), o, first in _SIDES:
             neighbour = np.full((rows, cols), -1)
             neighbour[max(-dr, 0):rows - max(dr, 0), max(-dc, 0):cols - max(dc, 0)] = \
-                grid[max(dr, 0):rows - max(-dr, 0), max(dc, 0):cols - max(-dc, 0)]
+                virtual[max(dr, 0):rows - max(-dr, 0), max(dc, 0):cols - max(-dc, 0)]
             has = neighbour >= 0
-            d = dis[o][neighbour[has]][:, free] if first else dis[o][:, neighbour[has]].T[:, free]
+            d = dis[o][neighbour[has]][:, candidates] if first else dis[o][:, neighbour[has]].T[:, candidates]
             cost[has] += d
             count += has
         empty = grid < 0
@@ -226,9 +235,11 @@ def _fill(grid: np.ndarray, dis: np.ndarray) -> np.ndarray:
         slots = np.argwhere(empty & (count == most))
         per_slot = cost[slots[:, 0], slots[:, 1]] / max(most, 1)
         s, k = np.unravel_index(np.argmin(per_slot), per_slot.shape)
-        grid[slots[s, 0], slots[s, 1]] = free[k]
-        placed[free[k]] = True
-    return grid
+        tile, turn = divmod(int(candidates[k]), variants)
+        grid[slots[s, 0], slots[s, 1]] = tile
+        turns[slots[s, 0], slots[s, 1]] = turn
+        placed[tile] = True
+    return grid, turns
 
 
 def _grid_cost(grid: np.ndarray, dis: np.ndarray) -> float:
@@ -265,7 +276,7 @@ def solve_jigsaw(tiles: np.ndarray, grid: tuple[int, int], *, subsampled_chroma:
         for c0 in range(cols - width + 1):
             start = np.full((rows, cols), -1)
             start[at[:, 0] + r0, at[:, 1] + c0] = core
-            filled = _fill(start, dis)
+            filled, _ = fill_empty_cells(start, dis)
             cost = _grid_cost(filled, dis)
             if cost < best_cost:
                 best, best_cost = filled, cost

@@ -14,7 +14,7 @@ position perm[i]; a placement says placement[p] = the shuffled tile put at posit
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,11 +184,7 @@ def train_position_attacker(public_images: np.ndarray | Sequence[np.ndarray], ti
         torch.manual_seed(seed)
         model = PositionAttacker(tile, (rows, cols), channels, dim=dim, depth=depth, heads=heads)
     model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = CosineLRScheduler(opt, t_initial=steps, lr_min=lr / 100, warmup_t=max(1, steps // 20),
-                              warmup_lr_init=lr / 100, t_in_epochs=False)
-    tail_loss, tail_acc, tail = 0.0, 0.0, 0
-    for step in range(steps):
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
         x = random_windows(public_images, rows * plain_tile, cols * plain_tile, batch_size, gen,
                            flip=flip, align=plain_tile)
         if mixed_from_patch is not None:
@@ -199,17 +195,38 @@ def train_position_attacker(public_images: np.ndarray | Sequence[np.ndarray], ti
         logits = model(shuffled.to(device))
         target = perm.to(device)
         loss = nn.functional.cross_entropy(logits.reshape(-1, n), target.reshape(-1))
+        return loss, (logits.argmax(-1) == target).float().mean()
+
+    model.train_log = fit_attacker(model, steps, lr, step)
+    return model
+
+
+def fit_attacker(model: nn.Module, steps: int, lr: float,
+                 step: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> TrainLog:
+    """The attackers' training loop: AdamW with a cosine schedule and warm-up, `steps` times.
+
+    `step()` draws a fresh batch of public images, encrypted with fresh random secrets, and
+    returns (loss, fraction of tiles put in the right place); the log averages both over
+    the last tenth of training. Leaves the model in eval mode.
+    """
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = CosineLRScheduler(opt, t_initial=steps, lr_min=lr / 100, warmup_t=max(1, steps // 20),
+                              warmup_lr_init=lr / 100, t_in_epochs=False)
+    tail_loss = tail_acc = 0.0
+    tail = 0
+    for i in range(steps):
+        loss, accuracy = step()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step_update(step + 1)
-        if step >= steps - max(1, steps // 10):
+        sched.step_update(i + 1)
+        if i >= steps - max(1, steps // 10):
             tail_loss += float(loss.detach())
-            tail_acc += float((logits.argmax(-1) == target).float().mean())
+            tail_acc += float(accuracy)
             tail += 1
     model.eval()
-    model.train_log = TrainLog(loss=tail_loss / tail, tile_accuracy=tail_acc / tail)
-    return model
+    return TrainLog(loss=tail_loss / tail, tile_accuracy=tail_acc / tail)
 
 
 @torch.no_grad()

@@ -33,11 +33,10 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from audit.attacks.jigsaw import pair_confidence
-from audit.attacks.learned import (PositionAttacker, TrainLog, hungarian_placement, mix_windows,
+from audit.attacks.jigsaw import fill_empty_cells, pair_confidence
+from audit.attacks.learned import (PositionAttacker, fit_attacker, hungarian_placement, mix_windows,
                                    random_windows)
 from encrypt.ciphers import DIHEDRAL, _turn, from_tokens, to_tokens
 
@@ -231,39 +230,6 @@ def _candidate_pairs(conf: np.ndarray, dis: np.ndarray, keep: int) -> list[tuple
     return list(zip(o, u, v))
 
 
-def _fill(grid: np.ndarray, turns: np.ndarray, dis: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fill empty cells (-1) with the best remaining (tile, turn), most placed neighbours first."""
-    side = grid.shape[0]
-    grid, turns = grid.copy(), turns.copy()
-    placed = np.zeros(n, dtype=bool)
-    placed[grid[grid >= 0]] = True
-    sides = (((0, -1), 0, True), ((0, 1), 0, False), ((-1, 0), 1, True), ((1, 0), 1, False))
-    while not placed.all():
-        free = np.flatnonzero(~placed)
-        candidates = (free[:, None] * DIHEDRAL + np.arange(DIHEDRAL)[None]).reshape(-1)
-        virtual = np.where(grid >= 0, grid * DIHEDRAL + turns, -1)
-        cost = np.zeros((side, side, candidates.size))
-        count = np.zeros((side, side), dtype=np.int64)
-        for (dr, dc), o, first in sides:
-            neighbour = np.full((side, side), -1)
-            neighbour[max(-dr, 0):side - max(dr, 0), max(-dc, 0):side - max(dc, 0)] = \
-                virtual[max(dr, 0):side - max(-dr, 0), max(dc, 0):side - max(-dc, 0)]
-            has = neighbour >= 0
-            d = dis[o][neighbour[has]][:, candidates] if first else dis[o][:, neighbour[has]].T[:, candidates]
-            cost[has] += d
-            count += has
-        empty = grid < 0
-        most = count[empty].max()
-        slots = np.argwhere(empty & (count == most))
-        per_slot = cost[slots[:, 0], slots[:, 1]] / max(most, 1)
-        s, k = np.unravel_index(np.argmin(per_slot), per_slot.shape)
-        tile, turn = divmod(int(candidates[k]), DIHEDRAL)
-        grid[slots[s, 0], slots[s, 1]] = tile
-        turns[slots[s, 0], slots[s, 1]] = turn
-        placed[tile] = True
-    return grid, turns
-
-
 def _cost(grid: np.ndarray, turns: np.ndarray, dis: np.ndarray) -> float:
     v = grid * DIHEDRAL + turns
     return float(dis[0][v[:, :-1], v[:, 1:]].sum() + dis[1][v[:-1], v[1:]].sum())
@@ -308,7 +274,7 @@ def solve_oriented(tiles: np.ndarray, side: int, *, max_offsets: int = 16) -> tu
         turns = np.zeros((side, side), dtype=np.int64)
         grid[at[:, 0] + r0, at[:, 1] + c0] = core
         turns[at[:, 0] + r0, at[:, 1] + c0] = [clusters.turn[x] for x in core]
-        grid, turns = _fill(grid, turns, dis, n)
+        grid, turns = fill_empty_cells(grid, dis, turns, DIHEDRAL)
         cost = _cost(grid, turns, dis)
         if cost < best_cost:
             best, best_cost = (grid, turns), cost
@@ -430,13 +396,8 @@ def train_turned_attacker(public_images: np.ndarray | Sequence[np.ndarray], tile
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = TurnedAttacker(tile, (side, side), channels, dim=dim, depth=depth, heads=heads)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = CosineLRScheduler(opt, t_initial=steps, lr_min=lr / 100, warmup_t=max(1, steps // 20),
-                              warmup_lr_init=lr / 100, t_in_epochs=False)
-    tail_loss = tail_acc = 0.0
-    tail = 0
-    for step in range(steps):
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
         x = random_windows(public_images, side * plain_tile, side * plain_tile, batch_size, gen,
                            flip=flip, align=plain_tile)
         if mixed_from_patch is not None:
@@ -450,16 +411,9 @@ def train_turned_attacker(public_images: np.ndarray | Sequence[np.ndarray], tile
         pos, turn = model.both(image)
         loss = nn.functional.cross_entropy(pos.reshape(-1, n), perm.reshape(-1)) \
             + nn.functional.cross_entropy(turn.reshape(-1, DIHEDRAL), turns.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step_update(step + 1)
-        if step >= steps - max(1, steps // 10):
-            tail_loss += float(loss.detach())
-            tail_acc += float((pos.argmax(-1) == perm).float().mean())
-            tail += 1
-    model.eval()
-    model.train_log = TrainLog(loss=tail_loss / tail, tile_accuracy=tail_acc / tail)
+        return loss, (pos.argmax(-1) == perm).float().mean()
+
+    model.train_log = fit_attacker(model, steps, lr, step)
     return model
 
 

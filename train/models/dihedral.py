@@ -18,12 +18,12 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import PatchEmbed
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from train.models.registry import Variant, register_family, sized_variants
 from train.models.rpe import ReferencePositionalEncoding
 
 __all__ = ["DihedralPatchEmbed", "create_d4vit", "turn_tiles"]
@@ -103,59 +103,9 @@ def create_d4vit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
     )
 
 
-def _cfg(input_size: tuple[int, int, int], **kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": input_size,
-        "pool_size": None,
-        "crop_pct": 1.0,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": IMAGENET_INCEPTION_MEAN,
-        "std": IMAGENET_INCEPTION_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-        "license": "apache-2.0",
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({
-    "d4vit_tiny_patch16_224.untrained": _cfg((3, 224, 224)),
-    "d4vit_small_patch16_224.untrained": _cfg((3, 224, 224)),
-    "d4vit_base_patch16_224.untrained": _cfg((3, 224, 224)),
-    "d4vit_tiny_patch4_32.untrained": _cfg((3, 32, 32)),
+register_family(__name__, create_d4vit, {
+    **sized_variants("d4vit_{size}_patch16_224", dict(patch_size=16, img_size=224), (3, 224, 224),
+                     "D4-ViT-{abbr}/16 for turned and shuffled 224 px images."),
+    "d4vit_tiny_patch4_32": Variant("tiny", dict(patch_size=4, img_size=32), (3, 32, 32),
+                                    "D4-ViT-Ti with 4 px tiles on 32 px images (turned Fashion-MNIST shards)."),
 })
-
-_TINY = dict(embed_dim=192, depth=12, num_heads=3)
-_SMALL = dict(embed_dim=384, depth=12, num_heads=6)
-_BASE = dict(embed_dim=768, depth=12, num_heads=12)
-
-
-@register_model
-def d4vit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """D4-ViT-Ti/16 for turned and shuffled 224 px images."""
-    args = dict(patch_size=16, img_size=224, **_TINY)
-    return create_d4vit("d4vit_tiny_patch16_224", pretrained, **dict(args, **kwargs))
-
-
-@register_model
-def d4vit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """D4-ViT-S/16 for turned and shuffled 224 px images."""
-    args = dict(patch_size=16, img_size=224, **_SMALL)
-    return create_d4vit("d4vit_small_patch16_224", pretrained, **dict(args, **kwargs))
-
-
-@register_model
-def d4vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """D4-ViT-B/16 for turned and shuffled 224 px images."""
-    args = dict(patch_size=16, img_size=224, **_BASE)
-    return create_d4vit("d4vit_base_patch16_224", pretrained, **dict(args, **kwargs))
-
-
-@register_model
-def d4vit_tiny_patch4_32(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """D4-ViT-Ti with 4 px tiles on 32 px images (turned Fashion-MNIST shards)."""
-    args = dict(patch_size=4, img_size=32, **_TINY)
-    return create_d4vit("d4vit_tiny_patch4_32", pretrained, **dict(args, **kwargs))

@@ -26,10 +26,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import Format, nchw_to, to_2tuple
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg
 from timm.models.vision_transformer import VisionTransformer
+
+from train.models.registry import Variant, register_family, sized_variants
 
 __all__ = ["MixedPatchEmbed", "create_mivit"]
 
@@ -156,59 +157,9 @@ def create_mivit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
     )
 
 
-def _cfg(input_size: tuple[int, int, int], **kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": input_size,  # the stored mixed image
-        "pool_size": None,
-        "crop_pct": 1.0,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": IMAGENET_INCEPTION_MEAN,
-        "std": IMAGENET_INCEPTION_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-        "license": "apache-2.0",
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({
-    "mivit_tiny_patch16_224.untrained": _cfg((3, 112, 112)),
-    "mivit_small_patch16_224.untrained": _cfg((3, 112, 112)),
-    "mivit_base_patch16_224.untrained": _cfg((3, 112, 112)),
-    "mivit_tiny_patch4_32.untrained": _cfg((3, 16, 16)),
-})
-
-_TINY = dict(embed_dim=192, depth=12, num_heads=3)
-_SMALL = dict(embed_dim=384, depth=12, num_heads=6)
-_BASE = dict(embed_dim=768, depth=12, num_heads=12)
-
-
-@register_model
-def mivit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """MI-ViT-Ti/16, sub-patch 8: takes the 112 px mixed image of a 224 px image."""
-    args = dict(patch_size=16, sub_patch=8, img_size=224, **_TINY)
-    return create_mivit("mivit_tiny_patch16_224", pretrained, **dict(args, **kwargs))
-
-
-@register_model
-def mivit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """MI-ViT-S/16, sub-patch 8: takes the 112 px mixed image of a 224 px image."""
-    args = dict(patch_size=16, sub_patch=8, img_size=224, **_SMALL)
-    return create_mivit("mivit_small_patch16_224", pretrained, **dict(args, **kwargs))
-
-
-@register_model
-def mivit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """MI-ViT-B/16, sub-patch 8: takes the 112 px mixed image of a 224 px image."""
-    args = dict(patch_size=16, sub_patch=8, img_size=224, **_BASE)
-    return create_mivit("mivit_base_patch16_224", pretrained, **dict(args, **kwargs))
-
-
-@register_model
-def mivit_tiny_patch4_32(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """MI-ViT-Ti, patch 4, sub-patch 2: takes the 16 px mixed image of a 32 px image."""
-    args = dict(patch_size=4, sub_patch=2, img_size=32, **_TINY)
-    return create_mivit("mivit_tiny_patch4_32", pretrained, **dict(args, **kwargs))
+register_family(__name__, create_mivit, {  # input: the stored mixed image
+    **sized_variants("mivit_{size}_patch16_224", dict(patch_size=16, sub_patch=8, img_size=224), (3, 112, 112),
+                     "MI-ViT-{abbr}/16, sub-patch 8: takes the 112 px mixed image of a 224 px image."),
+    "mivit_tiny_patch4_32": Variant("tiny", dict(patch_size=4, sub_patch=2, img_size=32), (3, 16, 16),
+                                    "MI-ViT-Ti, patch 4, sub-patch 2: takes the 16 px mixed image of a 32 px image."),
+}, fixed_input_size=True)

@@ -21,10 +21,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg
 from timm.models.vision_transformer import VisionTransformer
 
+from train.models.registry import Variant, register_family, sized_variants
 from train.models.rpe import RPEPatchEmbed
 
 __all__ = ["create_pevit"]
@@ -55,67 +55,12 @@ def create_pevit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
     )
 
 
-def _cfg(input_size: tuple[int, int, int], **kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": input_size,
-        "pool_size": None,
-        "crop_pct": 1.0,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": IMAGENET_INCEPTION_MEAN,
-        "std": IMAGENET_INCEPTION_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-        "license": "apache-2.0",
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({
-    "pevit_tiny_patch16_224.untrained": _cfg((3, 224, 224)),
-    "pevit_small_patch16_224.untrained": _cfg((3, 224, 224)),
-    "pevit_base_patch16_224.untrained": _cfg((3, 224, 224)),
-    "pevit_tiny_patch4_32.untrained": _cfg((3, 32, 32)),
-    "pevit_tiny_patch2_16.untrained": _cfg((3, 16, 16)),
+register_family(__name__, create_pevit, {
+    **sized_variants("pevit_{size}_patch16_224", dict(patch_size=16, img_size=224), (3, 224, 224),
+                     "PEViT-{abbr}/16 for shuffled 224 px images."),
+    "pevit_tiny_patch4_32": Variant("tiny", dict(patch_size=4, img_size=32), (3, 32, 32),
+                                    "PEViT-Ti with 4 px tiles on 32 px images (shuffle shards of small images)."),
+    "pevit_tiny_patch2_16": Variant("tiny", dict(patch_size=2, img_size=16), (3, 16, 16),
+                                    "PEViT-Ti with 2 px tiles on the 16 px stored image of mix-shuffle "
+                                    "(32 px, p=4, s=2)."),
 })
-
-_TINY = dict(embed_dim=192, depth=12, num_heads=3)
-_SMALL = dict(embed_dim=384, depth=12, num_heads=6)
-_BASE = dict(embed_dim=768, depth=12, num_heads=12)
-
-
-@register_model
-def pevit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """PEViT-Ti/16 for shuffled 224 px images."""
-    args = dict(patch_size=16, img_size=224, **_TINY)
-    return create_pevit("pevit_tiny_patch16_224", pretrained, **dict(args, **kwargs))
-
-
-@register_model
-def pevit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """PEViT-S/16 for shuffled 224 px images."""
-    args = dict(patch_size=16, img_size=224, **_SMALL)
-    return create_pevit("pevit_small_patch16_224", pretrained, **dict(args, **kwargs))
-
-
-@register_model
-def pevit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """PEViT-B/16 for shuffled 224 px images."""
-    args = dict(patch_size=16, img_size=224, **_BASE)
-    return create_pevit("pevit_base_patch16_224", pretrained, **dict(args, **kwargs))
-
-
-@register_model
-def pevit_tiny_patch4_32(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """PEViT-Ti with 4 px tiles on 32 px images (``shuffle`` shards of small images)."""
-    args = dict(patch_size=4, img_size=32, **_TINY)
-    return create_pevit("pevit_tiny_patch4_32", pretrained, **dict(args, **kwargs))
-
-
-@register_model
-def pevit_tiny_patch2_16(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """PEViT-Ti with 2 px tiles on the 16 px stored image of ``mix-shuffle`` (32 px, p=4, s=2)."""
-    args = dict(patch_size=2, img_size=16, **_TINY)
-    return create_pevit("pevit_tiny_patch2_16", pretrained, **dict(args, **kwargs))

@@ -32,23 +32,18 @@ from typing import Any
 import timm
 import torch
 from torch import nn
-from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg
 from timm.models.vision_transformer import VisionTransformer
 
 from train.models.mivit import create_mivit
+from train.models.registry import WIDTHS, Variant, register_family, sized_variants
 
 __all__ = ["SIZES", "YOLOS", "detector_for_cipher", "reference_grid"]
 
 SIZES = ("nano", "tiny", "small", "base")
-_DIMS = {
-    "nano": dict(embed_dim=128, depth=4, num_heads=4),  # tests and CPU benchmarks
-    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    "small": dict(embed_dim=384, depth=12, num_heads=6),
-    "base": dict(embed_dim=768, depth=12, num_heads=12),
-}
+_DIMS = {"nano": dict(embed_dim=128, depth=4, num_heads=4), **WIDTHS}  # nano: tests and CPU benchmarks
 _FAMILY = {"none": "vit", "mix": "mivit"}
 
 
@@ -176,79 +171,29 @@ def _create_yolos(variant: str, pretrained: bool, mixed: bool, *, num_classes: i
     return model
 
 
-def _cfg(input_size: tuple[int, int, int]) -> dict[str, Any]:
-    return {"url": "", "num_classes": 80, "input_size": input_size, "pool_size": None, "crop_pct": 1.0,
-            "interpolation": "bicubic", "fixed_input_size": False, "mean": IMAGENET_INCEPTION_MEAN,
-            "std": IMAGENET_INCEPTION_STD, "first_conv": "backbone.patch_embed.proj",
-            "classifier": "class_embed", "license": "apache-2.0"}
+def _create_mixed(variant: str, pretrained: bool = False, **kwargs: Any) -> YOLOS:
+    return _create_yolos(variant, pretrained, True, **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
-    "yolos_mivit_nano_patch8_64.untrained": _cfg((3, 32, 32)),
-    "yolos_mivit_tiny_patch16_224.untrained": _cfg((3, 112, 112)),
-    "yolos_mivit_small_patch16_224.untrained": _cfg((3, 112, 112)),
-    "yolos_mivit_base_patch16_224.untrained": _cfg((3, 112, 112)),
-    "yolos_vit_nano_patch8_64.untrained": _cfg((3, 64, 64)),
-    "yolos_vit_tiny_patch16_224.untrained": _cfg((3, 224, 224)),
-    "yolos_vit_small_patch16_224.untrained": _cfg((3, 224, 224)),
-    "yolos_vit_base_patch16_224.untrained": _cfg((3, 224, 224)),
-})
+def _create_plain(variant: str, pretrained: bool = False, **kwargs: Any) -> YOLOS:
+    return _create_yolos(variant, pretrained, False, **kwargs)
 
 
-@register_model
-def yolos_mivit_nano_patch8_64(pretrained: bool = False, **kwargs: Any) -> YOLOS:
-    """YOLOS on MI-ViT, 4 blocks of width 128, patch 8, sub-patch 4: the 32 px mixed image of 64 px."""
-    args = dict(patch_size=8, sub_patch=4, img_size=64, **_DIMS["nano"])
-    return _create_yolos("yolos_mivit_nano_patch8_64", pretrained, True, **dict(args, **kwargs))
-
-
-@register_model
-def yolos_mivit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> YOLOS:
-    """YOLOS on MI-ViT-Ti/16, sub-patch 8: the 112 px mixed image of a 224 px image."""
-    args = dict(patch_size=16, sub_patch=8, img_size=224, **_DIMS["tiny"])
-    return _create_yolos("yolos_mivit_tiny_patch16_224", pretrained, True, **dict(args, **kwargs))
-
-
-@register_model
-def yolos_mivit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> YOLOS:
-    """YOLOS on MI-ViT-S/16, sub-patch 8."""
-    args = dict(patch_size=16, sub_patch=8, img_size=224, **_DIMS["small"])
-    return _create_yolos("yolos_mivit_small_patch16_224", pretrained, True, **dict(args, **kwargs))
-
-
-@register_model
-def yolos_mivit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> YOLOS:
-    """YOLOS on MI-ViT-B/16, sub-patch 8."""
-    args = dict(patch_size=16, sub_patch=8, img_size=224, **_DIMS["base"])
-    return _create_yolos("yolos_mivit_base_patch16_224", pretrained, True, **dict(args, **kwargs))
-
-
-@register_model
-def yolos_vit_nano_patch8_64(pretrained: bool = False, **kwargs: Any) -> YOLOS:
-    """Plain-image baseline of ``yolos_mivit_nano_patch8_64`` (same widths, same token grid)."""
-    args = dict(patch_size=8, img_size=64, **_DIMS["nano"])
-    return _create_yolos("yolos_vit_nano_patch8_64", pretrained, False, **dict(args, **kwargs))
-
-
-@register_model
-def yolos_vit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> YOLOS:
-    """Plain-image baseline: YOLOS on ViT-Ti/16."""
-    args = dict(patch_size=16, img_size=224, **_DIMS["tiny"])
-    return _create_yolos("yolos_vit_tiny_patch16_224", pretrained, False, **dict(args, **kwargs))
-
-
-@register_model
-def yolos_vit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> YOLOS:
-    """Plain-image baseline: YOLOS on ViT-S/16."""
-    args = dict(patch_size=16, img_size=224, **_DIMS["small"])
-    return _create_yolos("yolos_vit_small_patch16_224", pretrained, False, **dict(args, **kwargs))
-
-
-@register_model
-def yolos_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> YOLOS:
-    """Plain-image baseline: YOLOS on ViT-B/16."""
-    args = dict(patch_size=16, img_size=224, **_DIMS["base"])
-    return _create_yolos("yolos_vit_base_patch16_224", pretrained, False, **dict(args, **kwargs))
+_CFG = dict(num_classes=80, first_conv="backbone.patch_embed.proj", classifier="class_embed")
+register_family(__name__, _create_mixed, {  # input: the stored mixed image
+    "yolos_mivit_nano_patch8_64": Variant("nano", dict(patch_size=8, sub_patch=4, img_size=64), (3, 32, 32),
+                                          "YOLOS on MI-ViT, 4 blocks of width 128, patch 8, sub-patch 4: "
+                                          "the 32 px mixed image of 64 px."),
+    **sized_variants("yolos_mivit_{size}_patch16_224", dict(patch_size=16, sub_patch=8, img_size=224),
+                     (3, 112, 112), "YOLOS on MI-ViT-{abbr}/16, sub-patch 8: the 112 px mixed image of 224 px."),
+}, widths=_DIMS, **_CFG)
+register_family(__name__, _create_plain, {
+    "yolos_vit_nano_patch8_64": Variant("nano", dict(patch_size=8, img_size=64), (3, 64, 64),
+                                        "Plain-image baseline of yolos_mivit_nano_patch8_64 (same widths, "
+                                        "same token grid)."),
+    **sized_variants("yolos_vit_{size}_patch16_224", dict(patch_size=16, img_size=224), (3, 224, 224),
+                     "Plain-image baseline: YOLOS on ViT-{abbr}/16."),
+}, widths=_DIMS, **_CFG)
 
 
 def detector_for_cipher(cipher: Mapping[str, Any], num_classes: int, size: str = "tiny",
