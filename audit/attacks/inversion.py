@@ -26,7 +26,7 @@ from scipy.sparse.linalg import splu
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from audit.attacks.learned import random_windows
+from audit.attacks.learned import public_set, random_windows
 from encrypt.ciphers import mix_float
 
 # λ of the gradient penalty, in units where A has rows summing to 1. Small: the rounded
@@ -200,11 +200,8 @@ def train_upsampler(public_images: np.ndarray | Sequence[np.ndarray], patch: int
     mirrored windows."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    first = np.asarray(public_images[0])
-    channels = 1 if first.ndim == 2 else first.shape[-1]
-    if isinstance(public_images, np.ndarray) and public_images.ndim == 3:
-        public_images = public_images[..., None]
-    side_h, side_w = (window, window) if window else first.shape[:2]
+    public_images, channels = public_set(public_images)
+    side_h, side_w = (window, window) if window else np.asarray(public_images[0]).shape[:2]
     if side_h % patch or side_w % patch:
         raise ValueError(f"training window {side_h}x{side_w} is not divisible by patch {patch}")
     gen = torch.Generator().manual_seed(seed)

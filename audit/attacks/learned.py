@@ -59,6 +59,19 @@ def _as_batch(images, what: str) -> np.ndarray:
     return x
 
 
+def public_set(public_images: np.ndarray | Sequence[np.ndarray]
+               ) -> tuple[np.ndarray | Sequence[np.ndarray], int]:
+    """An attacker's public training images as `random_windows` takes them, and their channels.
+
+    A batch (N×H×W[×C]) gets its channel axis; a list of photos of any sizes stays a list.
+    """
+    first = np.asarray(public_images[0])
+    channels = 1 if first.ndim == 2 else first.shape[-1]
+    if isinstance(public_images, np.ndarray):
+        public_images = _as_batch(public_images, "public images")
+    return public_images, channels
+
+
 def random_windows(images: np.ndarray | Sequence[np.ndarray], height: int, width: int, count: int,
                    generator: torch.Generator, *, flip: bool = False, align: int = 1) -> torch.Tensor:
     """`count` random height×width windows (N×C×H×W float in 0..1) from public images.
@@ -167,12 +180,7 @@ def train_position_attacker(public_images: np.ndarray | Sequence[np.ndarray], ti
         raise ValueError(f"need a tile of at least 1 px and a grid of at least 2 tiles, got {tile}, {grid}")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    first = np.asarray(public_images[0])
-    channels = 1 if first.ndim == 2 else first.shape[-1]
-    if isinstance(public_images, np.ndarray):
-        _as_batch(public_images, "public images")
-        if public_images.ndim == 3:
-            public_images = public_images[..., None]
+    public_images, channels = public_set(public_images)
     n = rows * cols
     plain_tile = tile
     if mixed_from_patch is not None:

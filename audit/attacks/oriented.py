@@ -37,7 +37,7 @@ from torch import nn
 
 from audit.attacks.jigsaw import fill_empty_cells, pair_confidence
 from audit.attacks.learned import (PositionAttacker, fit_attacker, hungarian_placement, mix_windows,
-                                   random_windows)
+                                   public_set, random_windows)
 from encrypt.ciphers import DIHEDRAL, _turn, from_tokens, to_tokens
 
 __all__ = ["TurnedAttacker", "compose", "draw", "oriented_neighbour_accuracy", "reconstruct_oriented",
@@ -384,10 +384,7 @@ def train_turned_attacker(public_images: np.ndarray | Sequence[np.ndarray], tile
         raise ValueError(f"steps must be at least 1, got {steps}")
     if side < 2:
         raise ValueError(f"need a grid of at least 2x2 tiles, got {side}")
-    first = np.asarray(public_images[0])
-    channels = 1 if first.ndim == 2 else first.shape[-1]
-    if isinstance(public_images, np.ndarray) and public_images.ndim == 3:
-        public_images = public_images[..., None]
+    public_images, channels = public_set(public_images)
     plain_tile = mixed_from_patch or tile
     if plain_tile % tile:
         raise ValueError(f"sub-patch {tile} does not divide patch {plain_tile}")
@@ -407,7 +404,8 @@ def train_turned_attacker(public_images: np.ndarray | Sequence[np.ndarray], tile
         perm = torch.argsort(torch.rand(b, n, generator=gen), dim=1)
         turns = torch.randint(DIHEDRAL, (b, n), generator=gen)
         stored = _turn_batch(torch.take_along_dim(tokens, perm[:, :, None, None, None], dim=1), turns)
-        image = stored.reshape(b, side, side, c, tile, tile).permute(0, 3, 1, 4, 2, 5).reshape(b, c, side * tile, side * tile)
+        image = stored.reshape(b, side, side, c, tile, tile).permute(0, 3, 1, 4, 2, 5) \
+            .reshape(b, c, side * tile, side * tile)
         pos, turn = model.both(image)
         loss = nn.functional.cross_entropy(pos.reshape(-1, n), perm.reshape(-1)) \
             + nn.functional.cross_entropy(turn.reshape(-1, DIHEDRAL), turns.reshape(-1))
