@@ -255,8 +255,8 @@ def section_photos(args) -> dict:
 
 # -- learned -----------------------------------------------------------------------------------
 
-def _learned_reconstruction(row: str, train_x, victims, labels, key, args) -> tuple[dict, np.ndarray]:
-    """The learned attack on one shuffled row: (figures, reconstructions of the victims)."""
+def _learned_reconstruction(row: str, train_x, victims, key, args) -> tuple[dict, np.ndarray]:
+    """The learned attack on one shuffled row: (figures, reconstructions as the attack drew them)."""
     stored, perms, turns = encrypt_row(victims, row, key, "val", 4, 2)
     mixing = row.startswith("mix")
     tile, mixed_from = (2, 4) if mixing else (4, None)
@@ -272,12 +272,8 @@ def _learned_reconstruction(row: str, train_x, victims, labels, key, args) -> tu
         pictures = ciphers.shuffle(stored, placements, tile)
         neighbour = np.mean([neighbour_accuracy(p, q, (8, 8)) for p, q in zip(placements, perms)])
     recon = deconvolve(pictures, 4, 2) if mixing else pictures
-    figures = {"neighbour": round(float(neighbour), 4),
-               "public_tile_accuracy": round(model.train_log.tile_accuracy, 4)}
-    if "orient" in row:  # re-identify over every turn, not by the answer's turn
-        figures["reidentification"] = round(reidentification(recon, victims, labels, any_turn=True)[0], 4)
-        recon = np.stack([upright_picture(r, v) for r, v in zip(recon, victims)])
-    return figures, recon
+    return {"neighbour": round(float(neighbour), 4),
+            "public_tile_accuracy": round(model.train_log.tile_accuracy, 4)}, recon
 
 
 def section_learned(data, recognizer, args) -> dict:
@@ -297,10 +293,13 @@ def section_learned(data, recognizer, args) -> dict:
             recon = deconvolve(stored, 4, 2)
             out[row] = {}
         else:
-            out[row], recon = _learned_reconstruction(row, train_x, victims, labels, key, args)
-        rate, chance = reidentification(recon, victims, labels)
-        out[row].setdefault("reidentification", round(rate, 4))
-        out[row].update({"recognizability": round(recognizability(recognizer, recon, labels), 4),
+            out[row], recon = _learned_reconstruction(row, train_x, victims, key, args)
+        turned = "orient" in row  # the picture may be turned as a whole: that hides nothing
+        rate, chance = reidentification(recon, victims, labels, any_turn=turned)
+        if turned:  # shown to the recognizer upright (chosen against the original: an upper bound)
+            recon = np.stack([upright_picture(r, v) for r, v in zip(recon, victims)])
+        out[row].update({"reidentification": round(rate, 4),
+                         "recognizability": round(recognizability(recognizer, recon, labels), 4),
                          "reidentification_chance": round(chance, 4),
                          "seconds": round(time.perf_counter() - started, 1)})
         log(f"learned {row}: {out[row]}")

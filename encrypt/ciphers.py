@@ -255,7 +255,7 @@ def keyed_orientations(dataset_key, n: int, split: str, sample_id: str) -> np.nd
     stream is separate from the permutation's ("orient/" + split), so neither reveals the other.
     """
     stream = dataset_key.stream("orient/" + split, sample_id)
-    return np.array([stream.randbelow(DIHEDRAL) for _ in range(n)], dtype=np.intp)
+    return np.array(stream.randbelow_many(DIHEDRAL, n), dtype=np.intp)
 
 
 def mix_shuffle_orient(img: np.ndarray, perm, orientations, patch: int, sub_patch: int) -> np.ndarray:

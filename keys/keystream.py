@@ -61,6 +61,19 @@ class KeyStream:
             if r < n:
                 return r
 
+    def randbelow_many(self, n: int, count: int) -> list[int]:
+        """``count`` draws of ``randbelow(n)``: the same values from the same stream position.
+
+        For n a power of two up to 256 every draw is one byte, never rejected, so the bytes
+        are read at once (the per-tile turns of the ``-orient`` modes: 8 choices per tile).
+        """
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError(f"randbelow_many needs a count >= 0, got {count!r}")
+        if isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= 256 and n & (n - 1) == 0:
+            shift = 8 - (n - 1).bit_length()
+            return [b >> shift for b in self._take(count)]
+        return [self.randbelow(n) for _ in range(count)]
+
     def uniform(self) -> float:
         """A float in ``[0, 1)`` with 53 random bits (every double of the form m/2**53)."""
         return (int.from_bytes(self._take(8), "big") >> 11) * (1.0 / (1 << 53))

@@ -84,6 +84,14 @@ def test_randbelow_is_uniform(n):
     assert stats.chisquare([counts[v] for v in range(n)]).pvalue > 0.001
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 256, 257])
+def test_randbelow_many_draws_what_randbelow_draws(n):
+    one, batch = KeyStream(b"\x42" * 32), KeyStream(b"\x42" * 32)
+    expected = [one.randbelow(n) for _ in range(300)]
+    assert batch.randbelow_many(n, 100) + batch.randbelow_many(n, 200) == expected
+    assert batch.randbelow(1000) == one.randbelow(1000)  # and leaves the stream where randbelow would
+
+
 @pytest.mark.parametrize("n", [0, -1, 2.0, True])
 def test_randbelow_rejects_non_positive_or_non_int(n):
     with pytest.raises(ValueError):
