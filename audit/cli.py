@@ -1,48 +1,89 @@
 """``audit-shards``: the auditor's commands. Thin click wrappers; each subcommand is one module.
 
 Exit codes: 0 every check passed, 1 a check failed (each failure named), 2 bad usage or
-unreadable input (one line on stderr, ``error: <file>: <reason>``). Add a command with
-``@cli.command()`` and ``@one_line_errors``; ``AuditUsageError`` gives the exit code 2 line.
+unreadable input (one line on stderr, ``error: <file>: <reason>``, from the shared renderer in
+``shards.console``). Add a command with ``@cli.command()`` and raise ``AuditError`` for bad input.
+A command that needs an optional extra (torch, scipy, ...) goes in ``LAZY_COMMANDS`` instead:
+it is imported only when run, so ``verify`` and ``--help`` start on a core install.
 """
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, NamedTuple
 
 import click
 
 from audit.verify import VerifyReport, verify_release
+from audit.errors import AuditError
 from keys.custody import read_identity
-from keys.errors import KeystoreError
-from shards.manifest import ManifestError
+from shards.console import Commands, command_group
 
 
-class AuditUsageError(click.ClickException):
-    """Bad usage or input the audit cannot start from: one line on stderr, exit status 2."""
+class LazyCommand(NamedTuple):
+    """A subcommand imported only when it runs: ``module:attr``, what ``--help`` lists for it,
+    and the modules its extra installs (checked first, so a missing one is named, not a traceback)."""
 
-    exit_code = 2
+    target: str
+    short_help: str
+    needs: tuple[str, ...] = ()
 
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+    def load(self, name: str) -> click.Command:
+        import importlib
+
+        from shards.errors import require
+
+        for module in self.needs:
+            require(module, f"audit-shards {name}", extra="audit")
+        module_name, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
 
 
-def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn input errors into one clear line and exit code 2."""
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+class LazyGroup(Commands):
+    """The shared command group (`shards.console.Commands`), with heavy subcommands imported on
+    first use.
+
+    ``audit-shards --help`` lists them with their stored short help without importing them, so
+    the start-up of ``verify`` (and of ``--help``) never pays for torch, timm, scipy or skimage,
+    and a core install without the ``audit`` extra can still verify. A missing extra surfaces
+    while the group resolves the command, so the shared renderer shows it as one line, exit 2.
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, LazyCommand] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+        self._listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = self.lazy.get(cmd_name)
+        if spec is not None and cmd_name not in self.commands:
+            if self._listing:  # the group's --help: a stand-in carrying the short help
+                return click.Command(cmd_name, help=spec.short_help)
+            self.add_command(spec.load(cmd_name), name=cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
         try:
-            return command(*args, **kwargs)
-        except (KeystoreError, ManifestError, ValueError) as exc:
-            raise AuditUsageError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-        except OSError as exc:
-            raise AuditUsageError(f"{exc.filename or 'file system'}: {exc.strerror or exc}") from None
-    return wrapper
+            super().format_commands(ctx, formatter)
+        finally:
+            self._listing = False
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Subcommands that pull in an optional extra: imported only when run.
+LAZY_COMMANDS = {
+    # the learned attacks train models (torch, timm); metrics and inversion use skimage, scipy
+    "privacy": LazyCommand("audit.privacy:privacy_command",
+                           "Attack a cipher on real images: REPORT/privacy.json and an HTML/PNG gallery.",
+                           needs=("scipy", "skimage", "torch", "timm")),
+}
+
+
+@command_group("audit-shards", cls=LazyGroup, lazy=LAZY_COMMANDS)
 def cli() -> None:
     """Audit a release of encrypted shards with only the data owner's public identity.
 
@@ -62,9 +103,9 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON for machines.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: on for releases over 256 MB, on a terminal).")
-@one_line_errors
+@click.option("--quiet", is_flag=True, help="No progress bar (same as --no-progress).")
 def verify(out: Path, public_key: Path, custody_log: Path | None, as_json: bool,
-           progress: bool | None) -> None:
+           progress: bool | None, quiet: bool) -> None:
     """Check a release: manifest signature, shard files, sample contents, custody log, key id.
 
     Exit 0 when every check passes, 1 when any fails (named), 2 on bad usage.
@@ -75,11 +116,11 @@ def verify(out: Path, public_key: Path, custody_log: Path | None, as_json: bool,
       audit-shards verify ~/release --public-key identity.json --custody-log custody.log --json
     """
     if not out.is_dir():
-        raise AuditUsageError(f"{out}: not a release folder")
+        raise AuditError(out, "not a release folder")
     identity = read_identity(public_key)
     if custody_log is not None and not custody_log.is_file():
-        raise AuditUsageError(f"{custody_log}: custody log not found")
-    report = verify_release(out, identity, custody_log=custody_log, progress=progress)
+        raise AuditError(custody_log, "custody log not found")
+    report = verify_release(out, identity, custody_log=custody_log, progress=False if quiet else progress)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
@@ -104,16 +145,6 @@ def _print_table(report: VerifyReport) -> None:
                       f" ({', '.join(c.name for c in report.checks if c.status == 'skip')} skipped)"))
     else:
         click.echo(f"FAILED: {', '.join(report.failed)}")
-
-
-def _register_privacy() -> None:
-    """`privacy` lives in audit.privacy (it pulls in torch for the learned attacks)."""
-    from audit.privacy import privacy_command
-
-    cli.add_command(privacy_command, name="privacy")
-
-
-_register_privacy()
 
 
 def main() -> None:

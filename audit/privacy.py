@@ -42,7 +42,8 @@ from audit.attacks.oriented import (draw, oriented_neighbour_accuracy, reconstru
 from audit.metrics import direct_accuracy, neighbour_accuracy, psnr, reidentification, ssim
 from encrypt.ciphers import (ALL_MODES, ORIENTED_MODES, encrypt_image, keyed_orientations,
                              orientation_length, permutation_length, shuffle, stored_size)
-from keys.errors import KeystoreError
+from audit.errors import AuditError
+from shards.console import Command
 
 ATTACKS = ("jigsaw", "learned", "inversion")
 BUILTIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
@@ -52,7 +53,7 @@ __all__ = ["ATTACKS", "Case", "PrivacyError", "attack_cases", "builtin_images", 
            "encrypt_cases", "load_images", "privacy_command", "write_report"]
 
 
-class PrivacyError(ValueError):
+class PrivacyError(AuditError):
     """Bad input for a privacy audit: one line naming the file and the reason."""
 
 
@@ -391,7 +392,7 @@ def _check_geometry(mode: str, patch: int, sub_patch: int | None, size: int) -> 
         raise PrivacyError(f"--size {size} with --patch {patch} leaves fewer than 2x2 tiles to shuffle")
 
 
-@click.command("privacy")
+@click.command("privacy", cls=Command)
 @click.option("--mode", type=click.Choice(ALL_MODES + ("none",)), help="Cipher to attack (with --images/--builtin).")
 @click.option("--patch", default=16, show_default=True, help="Patch size p.")
 @click.option("--sub-patch", default=8, show_default=True, help="Sub-patch size s (mixing modes).")
@@ -420,20 +421,8 @@ def privacy_command(mode, patch, sub_patch, size, images, builtin, shards, keyst
       audit-shards privacy --mode shuffle --images ~/photos --attacks jigsaw --out report/
       audit-shards privacy --shards ~/release --keystore ~/pv-keys --source ~/data/imagenet --out report/
     """
-    try:
-        _run(mode, patch, sub_patch, size, images, builtin, shards, keystore, passphrase_file, source,
-             resize, attack_list, limit, learned_steps, out)
-    except (PrivacyError, ValueError, KeystoreError) as exc:
-        raise _UsageError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-    except OSError as exc:
-        raise _UsageError(f"{exc.filename or 'file system'}: {exc.strerror or exc}") from None
-
-
-class _UsageError(click.ClickException):
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+    _run(mode, patch, sub_patch, size, images, builtin, shards, keystore, passphrase_file, source,
+         resize, attack_list, limit, learned_steps, out)
 
 
 def _run(mode, patch, sub_patch, size, images, builtin, shards, keystore, passphrase_file, source,

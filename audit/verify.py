@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from PIL import Image
-from tqdm import tqdm
 
 from keys.custody import ChainReport, identity_signing_keys, signing_key_id, verify_chain
 from keys.derive import key_id_from_commitment
+from shards.console import progress_bar
 from shards.manifest import MANIFEST_NAME, Manifest, ManifestError
 from shards.reader import STORAGE_EXTENSION
 from shards.writer import KEY_PATTERN, TEMP_PATTERN
@@ -173,9 +173,7 @@ def _check_shards(out_dir: Path, manifest: Manifest, files: CheckResult, content
     total = sum(e.bytes for e in listed.values())
     show = (total >= PROGRESS_MIN_BYTES) if progress is None else progress
     checked = samples = 0
-    # disable=None: tqdm itself stays quiet when stderr is not a terminal
-    with tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=None if show else True,
-              dynamic_ncols=True) as bar:
+    with progress_bar(enabled=show, total=total, unit="B", unit_scale=True, desc="verify") as bar:
         for name, entry in listed.items():
             path = out_dir / name
             if not path.is_file():

@@ -1,8 +1,10 @@
-"""encrypt-dataset: the data owner's command. Thin click wrapper over encrypt.main."""
+"""encrypt-dataset: the data owner's command. Thin click wrapper over encrypt.main.
+
+Every option is checked before OUT is created (geometry by the manifest's own validator,
+through `JobSettings`); errors are one line, exit 2, through the shared renderer.
+"""
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import sys
 from pathlib import Path
@@ -12,37 +14,16 @@ import click
 from encrypt.ciphers import ALL_MODES, ORIENTED_MODES
 from encrypt.decrypt import decrypt_release
 from encrypt.forget import forget_samples
-from encrypt.main import MODE_RISK, check_out_dir, encrypt_dataset
-from encrypt.plan import JobSettings
+from encrypt.distribute import check_address
+from encrypt.main import MODE_RISK, check_out_dir, encrypt_dataset, preflight
+from encrypt.plan import JobSettings, check_split
 from encrypt.sources import InputError, list_coco, list_imagefolder
-from keys.errors import KeystoreError
 from keys.keystore import open_keystore
 from keys.passphrase import read_passphrase
-from shards.manifest import ManifestError
+from shards.console import command_group
+from shards.errors import require
 
 DEFAULT_MODE = "mix-shuffle"
-
-
-class BadInput(click.ClickException):
-    """Usage or input problem: one line, exit code 2."""
-
-    exit_code = 2
-
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-def one_line_errors(fn):
-    """Turn the project's input errors into one clear line and exit code 2."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (InputError, KeystoreError, ManifestError, ValueError) as exc:
-            raise BadInput(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-        except OSError as exc:  # disk full, permission denied, ...: name the file, not a traceback
-            raise BadInput(f"{exc.filename or 'output'}: {exc.strerror or type(exc).__name__}") from None
-    return wrapper
 
 
 def keystore_options(fn):
@@ -61,25 +42,35 @@ def job_options(fn):
         click.option("--sub-patch", default=8, show_default=True, help="Sub-patch size s for mix modes."),
         click.option("--size", default=224, show_default=True, help="Side of the square image the cipher sees."),
         click.option("--format", "fmt", type=click.Choice(["jpeg", "png"]), default="jpeg", show_default=True),
-        click.option("--quality", default=95, show_default=True, help="JPEG quality."),
+        click.option("--quality", default=95, show_default=True, help="JPEG quality (1-100)."),
         click.option("--grayscale", is_flag=True, help="Store one channel (e.g. Fashion-MNIST) instead of RGB."),
         click.option("--shard-samples", default=1000, show_default=True, help="Samples per shard."),
-        click.option("--num-cpus", default=os.cpu_count() or 1, show_default=True,
+        click.option("--num-cpus", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(min=0),
                      help="Local Ray workers; 0 runs in-process without Ray."),
+        click.option("--max-skipped", type=click.FloatRange(0, 1, min_open=True), metavar="FRACTION",
+                     help="Refuse the release (nothing signed) when more than this fraction of the images "
+                          "is skipped. Always refused: a split left empty."),
         click.option("--ray-address", help="Join this Ray cluster instead of starting a local one."),
         click.option("--resume", is_flag=True, help="Continue an interrupted job in the same OUT."),
-        click.option("--quiet", is_flag=True, help="No progress bar."),
+        click.option("--quiet", is_flag=True, help="No progress bar (bars are drawn on a terminal only)."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _check_geometry(mode: str, patch: int, sub_patch: int, size: int) -> None:
-    if size % patch:
-        raise InputError(f"--size {size} is not divisible by --patch {patch}")
-    if mode.startswith("mix") and (sub_patch <= 0 or patch % sub_patch):
-        raise InputError(f"--sub-patch {sub_patch} does not divide --patch {patch}")
+def _job_settings(**fields) -> JobSettings:
+    """The job's settings, refused with the option's name when the manifest would refuse them."""
+    if not fields["mode"].startswith("mix"):
+        fields["sub_patch"] = None
+    return JobSettings(**fields)
+
+
+def _check_workers(num_cpus: int, ray_address: str | None) -> None:
+    if num_cpus > 0 or ray_address:
+        require("ray", "encrypt-dataset with --num-cpus > 0 or --ray-address")
+    if ray_address:
+        check_address(ray_address)
 
 
 def _warn_mode(mode: str) -> None:
@@ -102,7 +93,7 @@ def _report(summary, out: Path) -> None:
     click.echo(f"manifest digest {summary.manifest_digest}; owner report in {out}.owner/")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@command_group("encrypt-dataset")
 def cli() -> None:
     """Encrypt an image dataset into signed, keyed WebDataset shards.
 
@@ -126,10 +117,9 @@ def cli() -> None:
 @click.option("--split", help="Treat SRC/{class}/* as this one split.")
 @click.option("--hide-class-names", is_flag=True, help="Keep only the class count in the manifest.")
 @click.option("--min-side", type=int, help="Skip images whose shorter side is below this (default: size/4).")
-@one_line_errors
 def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patch, size, fmt, quality,
-                grayscale, shard_samples, num_cpus, ray_address, resume, quiet, mode, resize, views,
-                split, hide_class_names, min_side):
+                grayscale, shard_samples, num_cpus, max_skipped, ray_address, resume, quiet, mode, resize,
+                views, split, hide_class_names, min_side):
     """Encrypt an ImageFolder tree: SRC/{train,val}/{class}/* or SRC/{class}/*.
 
     \b
@@ -137,20 +127,21 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
       encrypt-dataset imagefolder ~/data/imagenet ~/release --keystore ~/pv-keys \\
           --mode mix-shuffle --views 4 --num-cpus 32
     """
-    _check_geometry(mode, patch, sub_patch, size)
-    if views < 1:
-        raise InputError(f"--views must be at least 1, got {views}")
+    settings = _job_settings(mode=mode, patch=patch, sub_patch=sub_patch, size=size,
+                             resize=round(size * 8 / 7) if resize is None else resize, views=views,
+                             format=fmt, quality=quality, channels=1 if grayscale else 3,
+                             shard_samples=shard_samples, min_side=size // 4 if min_side is None else min_side)
+    split = check_split(split)
+    _check_workers(num_cpus, ray_address)
     check_out_dir(out, [src], resume)
     listing = list_imagefolder(src, split)
-    settings = JobSettings(mode=mode, patch=patch, sub_patch=sub_patch if mode.startswith("mix") else None,
-                           size=size, resize=resize or round(size * 8 / 7), views=views, format=fmt,
-                           quality=quality, channels=1 if grayscale else 3, shard_samples=shard_samples,
-                           min_side=size // 4 if min_side is None else min_side)
+    preflight(listing, settings, out)
     store = _open_keystore(keystore, passphrase_file)
     _warn_mode(mode)  # after every input check: an error stays the only line
     summary = encrypt_dataset(listing, out, store, dataset_id or Path(src).resolve().name, settings,
                               workers=num_cpus, ray_address=ray_address, resume=resume,
-                              hide_class_names=hide_class_names, progress=not quiet)
+                              hide_class_names=hide_class_names, progress=not quiet,
+                              max_skipped_fraction=max_skipped)
     _report(summary, out)
 
 
@@ -163,9 +154,8 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
 @click.option("--mode", default="mix", show_default=True,
               help="Only `mix` (or `none` for baselines): shuffled positions cannot carry boxes.")
 @click.option("--split", default="train", show_default=True, help="Split name for these images.")
-@one_line_errors
 def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch, sub_patch, size, fmt,
-         quality, grayscale, shard_samples, num_cpus, ray_address, resume, quiet, mode, split):
+         quality, grayscale, shard_samples, num_cpus, max_skipped, ray_address, resume, quiet, mode, split):
     """Encrypt a COCO detection set: IMAGES folder + instances JSON, letterboxed to --size.
 
     \b
@@ -178,27 +168,20 @@ def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch,
                          "cannot carry boxes; use --mode mix")
     if mode not in ("mix", "none"):
         raise InputError(f"--mode {mode} is not a cipher; use --mode mix")
-    _check_geometry(mode, patch, sub_patch, size)
+    settings = _job_settings(mode=mode, patch=patch, sub_patch=sub_patch, size=size, resize=size, views=1,
+                             format=fmt, quality=quality, channels=1 if grayscale else 3,
+                             shard_samples=shard_samples, task="detection", min_side=1)
+    split = check_split(split)
+    _check_workers(num_cpus, ray_address)
     check_out_dir(out, [images], resume)
     listing = list_coco(images, annotations, split)
-    settings = JobSettings(mode=mode, patch=patch, sub_patch=sub_patch if mode == "mix" else None,
-                           size=size, resize=size, views=1, format=fmt, quality=quality,
-                           channels=1 if grayscale else 3, shard_samples=shard_samples,
-                           task="detection", min_side=1)
+    preflight(listing, settings, out)
     store = _open_keystore(keystore, passphrase_file)
     _warn_mode(mode)  # after every input check: an error stays the only line
     summary = encrypt_dataset(listing, out, store, dataset_id or Path(images).resolve().name, settings,
-                              workers=num_cpus, ray_address=ray_address, resume=resume, progress=not quiet)
+                              workers=num_cpus, ray_address=ray_address, resume=resume, progress=not quiet,
+                              max_skipped_fraction=max_skipped)
     _report(summary, out)
-
-
-@contextlib.contextmanager
-def _file_errors_as_bad_input():
-    """A disk error (full, read-only, permissions) during decrypt or forget: one line, exit 2."""
-    try:
-        yield
-    except OSError as exc:
-        raise BadInput(f"{exc.filename or 'file system'}: {exc.strerror or exc}") from None
 
 
 @cli.command()
@@ -207,8 +190,7 @@ def _file_errors_as_bad_input():
 @keystore_options
 @click.option("--ids", multiple=True, metavar="ID[,ID...]",
               help="Only these opaque sample ids (repeat or separate with commas); default: all.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@one_line_errors
+@click.option("--quiet", is_flag=True, help="No progress bar (bars are drawn on a terminal only).")
 def decrypt(out, dest, keystore, passphrase_file, ids, quiet):
     """Decrypt a release made with this keystore into DEST (new or empty) as PNG files named
     by their original paths. `shuffle` comes back pixel-exact (before JPEG losses);
@@ -222,8 +204,7 @@ def decrypt(out, dest, keystore, passphrase_file, ids, quiet):
     """
     wanted = [i.strip() for item in ids for i in item.split(",") if i.strip()] or None
     store = _open_keystore(keystore, passphrase_file)
-    with _file_errors_as_bad_input():
-        summary = decrypt_release(out, dest, store, ids=wanted, progress=not quiet)
+    summary = decrypt_release(out, dest, store, ids=wanted, progress=not quiet)
     extra = "" if summary.named_by == "path" else " (no sealed index in the keystore: files are named by sample id)"
     click.echo(f"decrypted {summary.samples} {summary.mode} samples into {summary.dest}{extra}")
     if summary.mode.startswith("mix-shuffle"):
@@ -235,8 +216,7 @@ def decrypt(out, dest, keystore, passphrase_file, ids, quiet):
 @keystore_options
 @click.option("--path", "paths", multiple=True, required=True, metavar="ORIGINAL_PATH",
               help="Source path relative to the folder that was encrypted, e.g. train/coat/0001.png (repeatable).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@one_line_errors
+@click.option("--quiet", is_flag=True, help="No progress bar (bars are drawn on a terminal only).")
 def forget(out, keystore, passphrase_file, paths, quiet):
     """Honour a deletion request: remove every sample made from the given source paths,
     rewriting only the shards that hold them, sign a new manifest version and log
@@ -247,8 +227,7 @@ def forget(out, keystore, passphrase_file, paths, quiet):
       encrypt-dataset forget ~/release --keystore ~/pv-keys --path train/coat/0001.png
     """
     store = _open_keystore(keystore, passphrase_file)
-    with _file_errors_as_bad_input():
-        summary = forget_samples(out, store, paths, progress=not quiet)
+    summary = forget_samples(out, store, paths, progress=not quiet)
     if not summary.removed:
         click.echo(f"nothing to remove: the {summary.already_absent} sample(s) of these paths are "
                    f"not in {out}; manifest unchanged")

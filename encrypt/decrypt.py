@@ -18,12 +18,12 @@ from typing import Iterable
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from encrypt.ciphers import decrypt_image, keyed_orientations, orientation_length, permutation_length
 from encrypt.sources import InputError
 from keys.errors import KeystoreError
 from keys.index import load_index
+from shards.console import progress_bar
 from shards.manifest import MANIFEST_NAME, Manifest, ManifestError
 from shards.reader import iter_samples, sha256_file
 
@@ -105,7 +105,7 @@ def decrypt_release(out_dir: Path, dest: Path, keystore, *, ids: Iterable[str] |
     written: set[str] = set()
     names: set[PurePosixPath] = set()
     try:
-        with tqdm(total=total, unit="img", disable=not progress, desc="decrypt", dynamic_ncols=True) as bar:
+        with progress_bar(enabled=progress, total=total, unit="img", desc="decrypt") as bar:
             for split in manifest.splits:
                 for sample in iter_samples(out_dir, split, manifest, only=wanted):
                     perm = dataset_key.permutation(n, split, sample.key)

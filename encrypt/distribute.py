@@ -4,18 +4,110 @@ Local Ray by default (`num_cpus` workers, no dashboard); `address` joins a clust
 retried when a worker dies. Results stream back as they finish so the driver can journal each
 shard at once and a crash loses at most the shards in flight. `workers=0` runs in-process
 (used by tests and tiny jobs; the bytes are identical either way).
+
+Ray's own failures become one line: a cluster that cannot be reached or joined is a
+`ClusterError` naming the address (checked with a plain TCP connect first, since `ray.init`
+retries an unreachable address for minutes), and a shard task that fails is a
+`ShardTaskError` naming the shard, the node it ran on and the worker's own error.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from encrypt.job import ShardResult, encrypt_shard
 from encrypt.plan import JobSettings, ShardTask
+from shards.errors import PatchveilError, first_line
 
 TASK_RETRIES = 3
+CONNECT_TIMEOUT_S = 5.0  # the TCP check of a cluster address, before ray.init
+_NO_PROBE = {"auto", "local"}  # addresses Ray resolves itself
+_WORKER = re.compile(r"\(pid=(\d+), ip=([^,)\s]+)")  # "ray::encrypt_shard() (pid=1, ip=10.0.0.5)"
+
+
+class ClusterError(PatchveilError):
+    """Ray could not be started or the cluster could not be joined (exit 2)."""
+
+
+class ShardTaskError(PatchveilError):
+    """A shard's task failed on a Ray worker; names the shard and the node (exit 2)."""
+
+
+def shown_address(address: str) -> str:
+    """The address as a message may show it: any `user:password@` part removed."""
+    return re.sub(r"(^|//)[^/@]*@", r"\1", address.strip())
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of `host:port` or `ray://host:port`; None for what Ray resolves itself."""
+    target = shown_address(address)
+    if target in _NO_PROBE:
+        return None
+    if "://" in target:
+        target = target.split("://", 1)[1]
+    target = target.rstrip("/")
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClusterError(f"Ray cluster address {shown_address(address)!r}: expected host:port "
+                           "(e.g. 10.0.0.5:6379) or ray://host:port")
+    return host.strip("[]"), int(port)
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse a cluster address nothing listens on, within `timeout` seconds, in one line."""
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            pass
+    except socket.timeout:
+        reason = f"no answer within {timeout:g} s"
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+    else:
+        return
+    raise ClusterError(f"Ray cluster at {shown_address(address)}: cannot connect ({reason}); "
+                       "is the head node running, and is this its address (host:port, default port 6379)?")
+
+
+def _init_ray(ray, workers: int, address: str | None) -> None:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    init = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
+                configure_logging=True)
+    if address:
+        check_address(address)
+    try:
+        if address:
+            ray.init(address=address, **init)
+        else:
+            ray.init(num_cpus=workers, **init)
+    except Exception as exc:  # noqa: BLE001 - ConnectionError, auth, version mismatch...: one line
+        where = f"Ray cluster at {shown_address(address)}" if address else f"local Ray ({workers} workers)"
+        raise ClusterError(f"{where}: could not {'join' if address else 'start'} "
+                           f"({type(exc).__name__}: {first_line(exc)[:300]})") from None
+
+
+def _task_error(ray, exc: BaseException, task: ShardTask, out_dir: Path) -> ShardTaskError:
+    """One line for a failed shard task: the shard, the node when Ray says it, the cause."""
+    shard = f"{out_dir}/{task.name}"
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        node, pid = getattr(exc, "ip", None), getattr(exc, "pid", None)
+        if node is None:  # the instance-of-cause form keeps them only in its text
+            found = _WORKER.search(str(exc))
+            pid, node = found.groups() if found else (None, None)
+        where = f" on node {node}" + (f" (worker pid {pid})" if pid else "") if node else ""
+        if cause is not None:
+            text = f"{type(cause).__name__}: {first_line(cause)}" if str(cause) else type(cause).__name__
+        else:
+            text = first_line(exc)
+        return ShardTaskError(shard, f"shard task failed{where}: {text[:400]}")
+    return ShardTaskError(shard, f"shard task failed ({type(exc).__name__}: {first_line(exc)[:300]})")
 
 
 def _run_in_process(tasks: Iterable[ShardTask], settings: JobSettings, dataset_key, out_dir: Path) -> Iterator[ShardResult]:
@@ -29,20 +121,26 @@ def _run_on_ray(tasks: list[ShardTask], settings: JobSettings, dataset_key, out_
 
     started_here = not ray.is_initialized()
     if started_here:
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        init = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
-                    configure_logging=True)
-        if address:
-            ray.init(address=address, **init)
-        else:
-            ray.init(num_cpus=workers, **init)
+        _init_ray(ray, workers, address)
     try:
         remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(encrypt_shard)
         settings_ref, key_ref = ray.put(settings), ray.put(dataset_key)
-        pending = [remote.remote(task, settings_ref, key_ref, str(out_dir)) for task in tasks]
+        task_of = {}
+        for task in tasks:
+            task_of[remote.remote(task, settings_ref, key_ref, str(out_dir))] = task
+        pending = list(task_of)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayError as exc:
+                for ref in pending:  # the job stops here: do not let the rest run on
+                    try:
+                        ray.cancel(ref)
+                    except Exception:  # noqa: BLE001 - best effort; the original error is what matters
+                        pass
+                raise _task_error(ray, exc, task_of[done[0]], out_dir) from None
+            yield result
     finally:
         if started_here:
             ray.shutdown()

@@ -24,12 +24,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
-from tqdm import tqdm
 
 from encrypt.decrypt import check_shard_digests, load_owned_manifest
 from encrypt.sources import InputError
 from keys.derive import normalise_path
 from keys.index import load_index
+from shards.console import progress_bar
 from shards.manifest import MANIFEST_NAME, Manifest, ShardEntry, fsync_directory
 from shards.writer import ShardWriter
 
@@ -127,7 +127,7 @@ def _stage_shards(out_dir: Path, staging: Path, manifest: Manifest, targets: set
     splits: dict[str, list[ShardEntry]] = {}
     rewritten, dropped = [], []
     names = [e for es in manifest.splits.values() for e in es]
-    for entry in tqdm(names, unit="shard", disable=not progress, desc="forget", dynamic_ncols=True):
+    for entry in progress_bar(enabled=progress, iterable=names, unit="shard", desc="forget"):
         source = out_dir / entry.name
         if entry.name not in holding:
             _link_or_copy(source, staging / entry.name)

@@ -5,23 +5,67 @@ records name skipped source paths. One JSON line per finished shard, flushed and
 before the next shard is reported, so `kill -9` loses at most the shards in flight. The
 first line fingerprints the job (settings, key id, planned sample ids); resuming a different
 job is refused.
+
+Resuming touches only what the job itself put in OUT: its shards, its manifest and the
+temporary files of writes a kill interrupted (`shards.writer.TEMP_PATTERN` for shards, the
+manifest's atomic-write temp name). Anything else in OUT (a notes file, a `.git/` folder)
+is not the job's: resume refuses, naming it, and changes nothing.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
 from encrypt.sources import InputError, Skipped
+from shards.errors import escape_path
 from shards.manifest import ShardEntry
 from shards.reader import sha256_file
+from shards.writer import TEMP_PATTERN
+
+MANIFEST_NAME = "manifest.json"
+# shards.manifest.atomic_write_bytes: mkstemp(prefix=".manifest.json.", suffix=".tmp")
+MANIFEST_TEMP_PATTERN = re.compile(r"^\.manifest\.json\.[^./]+\.tmp$")
+_SHARD_TEMP = re.compile(r"^\.(?P<shard>.+\.tar)\.[^./]+\.tmp$")
 
 
 def owner_dir(out_dir: Path) -> Path:
     """The data owner's private folder for a release: OUT.owner beside OUT."""
     out_dir = Path(out_dir)
     return out_dir.parent / f"{out_dir.name}.owner"
+
+
+def own_leftovers(out_dir: Path, shard_names: Iterable[str]) -> list[Path]:
+    """The temporary files this job's interrupted writes left in OUT; refuse anything foreign.
+
+    OUT may hold only this job's shards (`shard_names`), its manifest and their temp files;
+    the first other entry (by name: a dot-file, a folder, a link, a shard of another plan)
+    raises InputError naming it, before anything is removed.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    names = set(shard_names)
+    leftovers = []
+    for entry in sorted(out_dir.iterdir(), key=lambda p: p.name):
+        name = entry.name
+        temp = _SHARD_TEMP.match(name)
+        regular = entry.is_file() and not entry.is_symlink()
+        if regular and (name in names or name == MANIFEST_NAME):
+            continue
+        if regular and ((TEMP_PATTERN.match(name) and temp and temp.group("shard") in names)
+                        or MANIFEST_TEMP_PATTERN.match(name)):
+            leftovers.append(entry)
+            continue
+        what = "a folder" if entry.is_dir() and not entry.is_symlink() else \
+            "a file" if regular else "a link or special file"
+        raise InputError(escape_path(str(entry)), f"{what} that is not part of this job; --resume changes "
+                                                  "nothing while OUT holds anything but the job's own shards "
+                                                  "(move it out of OUT)")
+    return leftovers
 
 
 class Journal:
@@ -62,6 +106,11 @@ class Journal:
             if shard.is_file() and shard.stat().st_size == entry.bytes and sha256_file(shard) == entry.sha256:
                 journal.finished[entry.name] = (entry, [Skipped(**s) for s in rec.get("skipped", [])])
         return journal
+
+    def discard(self) -> None:
+        """Forget the job: remove the journal, so the next run into OUT starts afresh."""
+        self.path.unlink(missing_ok=True)
+        self.finished.clear()
 
     def record(self, entry: ShardEntry, skipped: list[Skipped]) -> None:
         rec = {"entry": asdict(entry), "skipped": [asdict(s) for s in skipped]}

@@ -1,8 +1,9 @@
 """encrypt_dataset: the whole release, from a source listing to a signed manifest.
 
-Plan (keyed order) → run shard tasks (Ray) → journal each shard → sign the manifest → log
-`used-for-job` in the custody log → write the owner's report. This is the function the
-command line, the demo and the tests call.
+Pre-flight (header probe) → plan (keyed order) → run shard tasks (Ray) → journal each shard
+→ refuse a release that would leave a split empty (or skip more than the owner allows),
+undoing the run → sign the manifest → log `used-for-job` in the custody log → write the
+owner's report. This is the function the command line, the demo and the tests call.
 """
 from __future__ import annotations
 
@@ -10,20 +11,21 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tqdm import tqdm
+from PIL import Image
 
-from encrypt.ciphers import stored_size
-from encrypt.distribute import run_shards
-from encrypt.journal import Journal, owner_dir
+from encrypt.distribute import check_address, run_shards
+from encrypt.journal import Journal, own_leftovers, owner_dir
 from encrypt.plan import JobSettings, plan_shards
-from encrypt.sources import InputError, Skipped, SourceListing
+from encrypt.sources import InputError, Skipped, SourceListing, display_path
 from keys.index import save_index
-from shards.manifest import CipherSpec, Manifest
+from shards.console import progress_bar
+from shards.manifest import Manifest, fsync_directory
 
 # What was measured (docs/privacy.md), said whenever a mode is used, the default included.
 MODE_RISK = {
@@ -39,6 +41,9 @@ MODE_RISK = {
                           "and training reaches only ~0.54 of plain top-1 (Fashion-MNIST)",
     "none": "no cipher: plain images, for baselines only",
 }
+
+PREFLIGHT_PROBE = 64
+"""Images per split whose header `preflight` reads (at most) before anything is written."""
 
 
 def tool_version() -> str:
@@ -90,43 +95,179 @@ def _fingerprint(settings: JobSettings, dataset_id: str, key_id: str, tasks) -> 
     return h.hexdigest()
 
 
-def _cipher_spec(settings: JobSettings) -> CipherSpec:
-    size = (settings.size, settings.size)
-    return CipherSpec(mode=settings.mode, patch=settings.patch, sub_patch=settings.sub_patch,
-                      image_size=size,
-                      stored_size=stored_size(settings.mode, *size, settings.patch, settings.sub_patch),
-                      format=settings.format,
-                      quality=settings.quality if settings.format == "jpeg" else None,
-                      channels=settings.channels)
+class JobRefused(InputError):
+    """The job would release too little: nothing is signed, logged or indexed (exit 2).
+
+    `written` is images written per split, `skipped` skipped images per reason, `report` the
+    owner-side skipped.json (None when the pre-flight check refused before anything ran).
+    """
+
+    def __init__(self, path, reason: str, *, written: dict[str, int], skipped: dict[str, int],
+                 report: Path | None = None) -> None:
+        super().__init__(path, reason)
+        self.written, self.skipped, self.report = written, skipped, report
+
+
+def check_max_skipped_fraction(value: float | None) -> float | None:
+    """None (refuse only a split left empty) or a fraction in (0, 1]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise InputError("--max-skipped", f"must be a fraction in (0, 1], got {value!r:.20}")
+    return float(value)
+
+
+def _probe(path: Path, min_side: int) -> str | None:
+    """Why one image cannot be used, judged from its header alone (None: it looks usable)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:  # lazy: reads the header, decodes no pixel
+                w, h = img.size
+    except Exception as exc:  # noqa: BLE001 - whatever stops Pillow here stops the job's decode too
+        return f"unreadable image header ({type(exc).__name__})"
+    if min(w, h) < min_side:
+        return f"too small: {w}x{h}, shorter side under {min_side}"  # the job's own words
+    return None
+
+
+def _top_reason(counts: Counter) -> str:
+    reason, n = counts.most_common(1)[0]
+    others = len(counts) - 1
+    return f'most for "{reason}" ({n})' + (f" and {others} other reason{'s' * (others > 1)}" if others else "")
+
+
+def _splits(listing: SourceListing) -> list[str]:
+    return list(dict.fromkeys([*listing.splits, *(item.split for item in listing.items)]))
+
+
+def preflight(listing: SourceListing, settings: JobSettings, out_dir: Path | None = None,
+              probe: int = PREFLIGHT_PROBE) -> None:
+    """Refuse at once, before the key is used or a shard written, a job that would leave a split empty.
+
+    A split with no image is refused. Otherwise up to `probe` images of each split, spread
+    evenly over its listing (the same whatever the key), are opened lazily until one looks
+    usable (shorter side at least `settings.min_side`); when none does, the job is refused
+    with the probe's top reason. A healthy dataset costs one header read per split.
+    `probe=0` checks only for splits without images.
+    """
+    by_split: dict[str, list] = {}
+    for item in listing.items:
+        by_split.setdefault(item.split, []).append(item)
+    for split in _splits(listing):
+        items = by_split.get(split, [])
+        if not items:
+            raise JobRefused(out_dir, f"refused before writing anything: split {split} has no image "
+                                      "to encrypt, so it would be empty", written={}, skipped={})
+        if probe <= 0:
+            continue
+        picked = items if len(items) <= probe else [items[i * len(items) // probe] for i in range(probe)]
+        reasons: Counter = Counter()
+        for item in picked:
+            reason = _probe(item.path, settings.min_side)
+            if reason is None:
+                break
+            reasons[reason] += 1
+        else:
+            spread = "" if len(picked) == len(items) else f" (spread over its {len(items)})"
+            hint = "check the source"
+            if any(r.startswith("too small") for r in reasons):
+                hint += f" or pass a smaller --min-side (now {settings.min_side}; default size/4)"
+            raise JobRefused(out_dir, f"refused before writing anything: none of the {len(picked)} probed "
+                                      f"images of split {split}{spread} can be used, so it would be empty; "
+                                      f"{_top_reason(reasons)}; {hint}", written={}, skipped=dict(reasons))
+
+
+def _refusal(listing: SourceListing, skipped: list[Skipped],
+             max_skipped_fraction: float | None) -> tuple[str, dict[str, int], Counter] | None:
+    """Why a finished run must not be released, images written per split and skipped per reason.
+
+    None: release it. Refused: any split left without an image, or (with a limit) any split
+    that lost more than `max_skipped_fraction` of its listed images.
+    """
+    listed = {(item.split, item.rel_path) for item in listing.items}
+    reason_of: dict[tuple[str, str], str] = {}
+    for s in skipped:
+        if s.whole_sample and (s.split, s.rel_path) in listed:
+            reason_of.setdefault((s.split, s.rel_path), s.reason)  # views of one image: one image
+    count = Counter(split for split, _ in listed)
+    lost = Counter(split for split, _ in reason_of)
+    written = {split: count[split] - lost[split] for split in _splits(listing)}
+    why = [f"split {split} would be empty (0 of {count[split]} images written)"
+           for split, n in written.items() if n == 0]
+    if not why and max_skipped_fraction is not None:
+        why = [f"split {split} lost {lost[split]} of {count[split]} images ({lost[split] / count[split]:.0%}), "
+               f"over the limit {max_skipped_fraction:g}"
+               for split in written if count[split] and lost[split] / count[split] > max_skipped_fraction]
+    if not why:
+        return None
+    reasons = Counter(reason_of.values())
+    line = "; ".join(why) + f"; skipped {sum(lost.values())} of {len(listed)} images"
+    return (line + (f", {_top_reason(reasons)}" if reasons else "")), written, reasons
+
+
+def _discard_outputs(out_dir: Path, tasks, journal: Journal, created_out: bool) -> None:
+    """Undo a refused run in OUT: the job's shards, its journal, and OUT if this run made it.
+
+    A release signed before (OUT/manifest.json, a finished job resumed) is left as it is:
+    the shards rewritten now have the bytes it signed.
+    """
+    if (out_dir / "manifest.json").exists():
+        return
+    for task in tasks:
+        (out_dir / task.name).unlink(missing_ok=True)
+    journal.discard()
+    fsync_directory(out_dir)
+    if created_out:
+        try:
+            out_dir.rmdir()
+        except OSError:  # something appeared meanwhile: leave it and the folder
+            pass
 
 
 def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id: str,
                     settings: JobSettings, *, workers: int = 0, ray_address: str | None = None,
                     resume: bool = False, hide_class_names: bool = False,
-                    progress: bool = True) -> JobSummary:
-    """Encrypt a listed dataset into signed shards under out_dir; return the summary."""
+                    progress: bool = True, max_skipped_fraction: float | None = None,
+                    probe: int = PREFLIGHT_PROBE) -> JobSummary:
+    """Encrypt a listed dataset into signed shards under out_dir; return the summary.
+
+    A job that would leave a split empty, or (with `max_skipped_fraction`) skip more than
+    that fraction of a split's images, raises JobRefused before signing: no manifest, no
+    custody entry, no sealed-index entry; the shards it wrote are removed (and OUT if this
+    run created it), and OUT.owner/skipped.json (0600) lists what was skipped and why.
+    `probe` images per split are header-checked first (see `preflight`; 0: only splits
+    without images). A resumed job removes only its own temp files and refuses an OUT
+    holding anything else.
+    """
     out_dir = Path(out_dir)
+    max_skipped_fraction = check_max_skipped_fraction(max_skipped_fraction)
     start = time.perf_counter()
-    dataset_key = keystore.dataset_key(dataset_id)
-    tasks = plan_shards(listing, dataset_key, settings)
-    fingerprint = _fingerprint(settings, dataset_id, dataset_key.key_id, tasks)
     private = owner_dir(out_dir)
     journal_path = private / "journal.jsonl"
-    if resume and journal_path.exists():
+    resuming = resume and journal_path.exists()
+    created_out = not out_dir.exists()
+    if not resuming and not created_out and any(out_dir.iterdir()):
+        raise InputError(out_dir, f"output folder is not empty and has no job journal in {private}")
+    if ray_address:
+        check_address(ray_address)  # an unreachable cluster is refused before anything is written
+    preflight(listing, settings, out_dir, probe)
+    dataset_key = keystore.dataset_key(dataset_id, log=False)  # logged when the release is signed
+    tasks = plan_shards(listing, dataset_key, settings)
+    fingerprint = _fingerprint(settings, dataset_id, dataset_key.key_id, tasks)
+    if resuming:
         journal = Journal.resume(journal_path, fingerprint, out_dir)
-    elif out_dir.exists() and any(out_dir.iterdir()):
-        raise InputError(f"{out_dir}: output folder is not empty and has no job journal in {private}")
+        leftovers = own_leftovers(out_dir, [t.name for t in tasks])  # refuses anything foreign
+        for leftover in leftovers:  # temp files of writes in flight when a job died
+            leftover.unlink()
     else:
         journal = Journal.start(journal_path, fingerprint)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in out_dir.iterdir():  # temp files of shards in flight when a job died
-        if leftover.name.startswith("."):
-            leftover.unlink()
     todo = [t for t in tasks if t.name not in journal.finished]
     resumed = len(tasks) - len(todo)
 
-    bar = tqdm(total=len(tasks), initial=resumed, unit="shard", disable=not progress,
-               desc=f"encrypt {dataset_id}", dynamic_ncols=True)
+    bar = progress_bar(enabled=progress, total=len(tasks), initial=resumed, unit="shard",
+                       desc=f"encrypt {dataset_id}")
     written = [0]
     peak_rss = [0.0]
 
@@ -150,9 +291,20 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
         entry, shard_skipped = journal.finished[task.name]
         splits.setdefault(task.split, []).append(entry)
         skipped.extend(shard_skipped)
+    skipped_json = json.dumps([asdict(s) for s in skipped], indent=1, sort_keys=True)
+    refusal = _refusal(listing, skipped, max_skipped_fraction)
+    if refusal is not None:
+        line, images_by_split, reasons = refusal
+        report = private / "skipped.json"
+        _write_private(report, skipped_json)
+        _discard_outputs(out_dir, tasks, journal, created_out)
+        raise JobRefused(out_dir, f"refused, nothing signed or logged: {line}; the list is in {report}",
+                         written=images_by_split, skipped=dict(reasons), report=report)
+
+    keystore.dataset_key(dataset_id)  # logs dataset-derived the first time, before used-for-job
     save_index(keystore, dataset_id, _index_entries(tasks, skipped))
     manifest = Manifest(
-        task=settings.task, dataset_id=dataset_id, cipher=_cipher_spec(settings), splits=splits,
+        task=settings.task, dataset_id=dataset_id, cipher=settings.cipher_spec(), splits=splits,
         num_classes=len(listing.class_names),
         class_names=None if hide_class_names else list(listing.class_names),
         categories=listing.categories, key_id=dataset_key.key_id, tool_version=tool_version(),
@@ -171,8 +323,7 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
         images_per_second=round(images / max(seconds, 1e-9), 1), manifest_digest=digest,
         resumed_shards=resumed, peak_worker_rss_mb=peak_rss[0])
     _write_private(private / "summary.json", summary.to_json())
-    _write_private(private / "skipped.json",
-                   json.dumps([asdict(s) for s in skipped], indent=1, sort_keys=True))
+    _write_private(private / "skipped.json", skipped_json)
     return summary
 
 
@@ -180,13 +331,14 @@ def _index_entries(tasks, skipped: list[Skipped]) -> dict[str, dict]:
     """Sample key → {split, rel_path, view} for every planned sample that was written."""
     left_out = {(s.split, s.rel_path) for s in skipped if s.whole_sample}
     return {s.key: {"split": s.split, "rel_path": s.item.rel_path, "view": s.view}
-            for task in tasks for s in task.samples if (s.split, s.item.rel_path) not in left_out}
+            for task in tasks for s in task.samples if (s.split, display_path(s.item.rel_path)) not in left_out}
 
 
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when a tmp of another mode was left behind
     with os.fdopen(fd, "w") as f:
         f.write(text + "\n")
     os.replace(tmp, path)

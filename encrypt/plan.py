@@ -8,7 +8,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from encrypt.sources import SourceItem, SourceListing
+from encrypt.sources import InputError, SourceItem, SourceListing
+from shards.manifest import TASKS, CipherSpec, ManifestError, check_int, check_split_name
+
+# The command-line option behind each settings field, so a refusal names what the owner typed.
+OPTION_OF_FIELD = {
+    "mode": "--mode", "patch": "--patch", "sub_patch": "--sub-patch", "image_size": "--size",
+    "stored_size": "--size", "format": "--format", "quality": "--quality", "channels": "--grayscale",
+    "resize": "--resize", "views": "--views", "shard_samples": "--shard-samples",
+    "min_side": "--min-side", "split": "--split", "task": "task",
+}
+
+
+class SettingsError(InputError):
+    """An option the job cannot run with; names the option (``--patch: must be ...``)."""
+
+    @classmethod
+    def from_manifest_error(cls, exc: ManifestError) -> SettingsError:
+        field, _, reason = str(exc).partition(": ")
+        option = OPTION_OF_FIELD.get(field.split("[")[0].split(".")[-1], field)
+        return cls(option, reason or str(exc))
 
 
 @dataclass(frozen=True)
@@ -27,6 +46,30 @@ class JobSettings:
     shard_samples: int
     task: str = "classification"
     min_side: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse bad settings when they are made, before any output exists.
+
+        The geometry goes through the manifest's own validator (`CipherSpec.for_image`), so an
+        option is accepted exactly when the signed manifest would accept it.
+        """
+        try:
+            self.cipher_spec()
+            check_int(self.quality, "quality", 1, 100)
+            check_int(self.resize, "resize", self.size)
+            check_int(self.views, "views", 1, 1000)
+            check_int(self.shard_samples, "shard_samples", 1)
+            check_int(self.min_side, "min_side", 0)
+            if self.task not in TASKS:
+                raise ManifestError(f"task: expected one of {', '.join(TASKS)}, got {self.task!r:.40}")
+        except ManifestError as exc:
+            raise SettingsError.from_manifest_error(exc) from None
+
+    def cipher_spec(self) -> CipherSpec:
+        """The manifest's cipher record for these settings (raises ManifestError when invalid)."""
+        return CipherSpec.for_image(self.mode, self.patch, self.sub_patch, (self.size, self.size),
+                                    self.format, self.quality if self.format == "jpeg" else None,
+                                    self.channels)
 
     def fingerprint_fields(self) -> dict:
         return dict(self.__dict__)
@@ -52,6 +95,16 @@ class ShardTask:
     @property
     def name(self) -> str:
         return f"{self.split}-{self.index:06d}.tar"
+
+
+def check_split(split: str | None) -> str | None:
+    """A `--split` name the manifest will accept (None: splits come from the folders)."""
+    if split is None:
+        return None
+    try:
+        return check_split_name(split)
+    except ManifestError as exc:
+        raise SettingsError.from_manifest_error(exc) from None
 
 
 def sample_key(dataset_key, rel_path: str, view: int, views: int) -> str:

@@ -8,44 +8,23 @@ Errors are one line, ``error: <file>: <reason>``, exit status 2, nothing changed
 from __future__ import annotations
 
 import base64
-import functools
 import getpass
 import hashlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
+from shards.console import command_group
 from keys.custody import IDENTITY_FORMAT, verify_chain
 from keys.errors import KeystoreError
 from keys.keystore import Keystore, atomic_write, create_keystore, open_keystore
 from keys.passphrase import read_passphrase
 
 NEW_PASSPHRASE_ENV = "PATCHVEIL_NEW_PASSPHRASE"
-
-
-class CliError(click.ClickException):
-    """Bad input or a refused operation: one line on stderr, exit status 2."""
-
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.message}", err=True)
-
-
-def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except KeystoreError as exc:
-            raise CliError(str(exc)) from None
-        except OSError as exc:
-            raise CliError(f"{exc.filename or 'file system'}: {exc.strerror or exc}") from None
-    return wrapper
 
 
 _keystore_option = click.option(
@@ -66,7 +45,7 @@ def _print_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@command_group("dataset-keys")
 def cli() -> None:
     """Keys and custody for a data owner: create a keystore, inspect it, export the public
     identity an auditor needs, show or verify the signed custody log, rotate keys, change
@@ -82,7 +61,6 @@ def cli() -> None:
 @cli.command()
 @_keystore_option
 @_passphrase_option
-@_one_line_errors
 def init(keystore_dir: Path, passphrase_file: Path | None) -> None:
     """Create a new keystore: a 256-bit master secret and an Ed25519 signing key, sealed
     under a passphrase (asked twice at the prompt). Refuses an existing keystore.
@@ -102,7 +80,6 @@ def init(keystore_dir: Path, passphrase_file: Path | None) -> None:
 @_keystore_option
 @_passphrase_option
 @_json_option
-@_one_line_errors
 def info(keystore_dir: Path, passphrase_file: Path | None, as_json: bool) -> None:
     """Show the key id, creation time, public key and the datasets derived so far.
 
@@ -137,7 +114,6 @@ def info(keystore_dir: Path, passphrase_file: Path | None, as_json: bool) -> Non
 @_passphrase_option
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, metavar="FILE",
               help="Where to write the public identity (JSON).")
-@_one_line_errors
 def export_public(keystore_dir: Path, passphrase_file: Path | None, output: Path) -> None:
     """Write the public identity an auditor needs (public key, datasets, custody log length;
     no secrets) and log `exported-public` with the file's sha256.
@@ -148,11 +124,11 @@ def export_public(keystore_dir: Path, passphrase_file: Path | None, output: Path
     """
     parent = output.absolute().parent
     if not parent.is_dir():
-        raise CliError(f"{output}: directory {parent} does not exist")
+        raise KeystoreError(output, f"directory {parent} does not exist")
     if output.is_dir():
-        raise CliError(f"{output}: is a directory")
+        raise KeystoreError(output, "is a directory")
     if not os.access(parent, os.W_OK):
-        raise CliError(f"{output}: directory {parent} is not writable")
+        raise KeystoreError(output, f"directory {parent} is not writable")
     store = _open(keystore_dir, passphrase_file)
     identity = store.public_identity()
     data = (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode("utf-8")
@@ -170,7 +146,6 @@ def export_public(keystore_dir: Path, passphrase_file: Path | None, output: Path
 @click.option("--verify", is_flag=True,
               help="Check hashes, order, times and signatures; exit 1 if anything is wrong.")
 @_json_option
-@_one_line_errors
 def log(keystore_dir: Path, passphrase_file: Path | None, verify: bool, as_json: bool) -> None:
     """Show the custody log; with --verify, check the whole chain against the signing key.
 
@@ -207,7 +182,6 @@ def log(keystore_dir: Path, passphrase_file: Path | None, verify: bool, as_json:
 @cli.command()
 @_keystore_option
 @_passphrase_option
-@_one_line_errors
 def rotate(keystore_dir: Path, passphrase_file: Path | None) -> None:
     """Start a new master secret and signing key. The old ones stay sealed so old releases
     still decrypt and verify; both keys sign the `rotated` log entry, so the custody chain
@@ -232,7 +206,6 @@ def rotate(keystore_dir: Path, passphrase_file: Path | None) -> None:
 @click.option("--new-passphrase-file", type=click.Path(path_type=Path), metavar="FILE", default=None,
               help=f"Read the new passphrase from FILE. Without it: ${NEW_PASSPHRASE_ENV}, "
                    "else a hidden prompt (asked twice).")
-@_one_line_errors
 def change_passphrase(keystore_dir: Path, passphrase_file: Path | None,
                       new_passphrase_file: Path | None) -> None:
     """Re-seal the keystore under a new passphrase (fresh scrypt salt); keys do not change.
@@ -254,7 +227,6 @@ def change_passphrase(keystore_dir: Path, passphrase_file: Path | None,
 @_keystore_option
 @_passphrase_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
-@_one_line_errors
 def destroy(dataset: str, keystore_dir: Path, passphrase_file: Path | None, yes: bool) -> None:
     """Crypto-erase every key of DATASET: no release made with it can be decrypted again, by
     anyone holding this keystore. Other datasets keep their keys. Logs `destroyed`.
@@ -268,11 +240,11 @@ def destroy(dataset: str, keystore_dir: Path, passphrase_file: Path | None, yes:
     store = _open(keystore_dir, passphrase_file)
     if not yes:
         if not sys.stdin.isatty():
-            raise CliError(f"{dataset}: refusing to destroy a key without --yes when not interactive")
+            raise KeystoreError(dataset, "refusing to destroy a key without --yes when not interactive")
         typed = click.prompt(f"This cannot be undone. Type the dataset id ({dataset}) to destroy its key",
                              default="", show_default=False)
         if typed != dataset:
-            raise CliError(f"{dataset}: confirmation did not match; nothing destroyed")
+            raise KeystoreError(dataset, "confirmation did not match; nothing destroyed")
     entry = store.destroy(dataset)
     details = entry["details"]
     click.echo(f"destroyed the key(s) {', '.join(details['key_ids'])} of dataset {dataset} "

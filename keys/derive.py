@@ -82,8 +82,13 @@ class DatasetKey:
         return hmac.new(self._key, _frame(*fields), hashlib.sha256).digest()
 
     def sample_id(self, relative_path: str | os.PathLike[str]) -> str:
-        """Opaque, stable id of a source file: 24 hex chars of HMAC(key, "id" ‖ normalised path)."""
-        path = normalise_path(relative_path).encode("utf-8")
+        """Opaque, stable id of a source file: 24 hex chars of HMAC(key, "id" ‖ normalised path).
+
+        The path is hashed as the file name's bytes: UTF-8, with surrogate escapes (how Python's
+        os functions give a name that is not valid UTF-8) turned back into the original bytes,
+        so such a file has an id like any other. Valid UTF-8 names hash exactly as before.
+        """
+        path = normalise_path(relative_path).encode("utf-8", "surrogateescape")
         return self._mac(b"id", path).hex()[:SAMPLE_ID_HEX]
 
     def sample_seed(self, split: str, sample_id: str, view: int = 0) -> bytes:

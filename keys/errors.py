@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 
+from shards.errors import PatchveilError
 
-class KeystoreError(Exception):
+
+class KeystoreError(PatchveilError):
     """A keystore, passphrase, identity or custody-log problem a person can act on.
 
     The message is ``"<file>: <reason>"`` on one line. Callers pass a reason that never
@@ -12,6 +14,4 @@ class KeystoreError(Exception):
     """
 
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = os.fspath(path)
-        self.reason = " ".join(str(reason).split())
-        super().__init__(f"{self.path}: {self.reason}")
+        super().__init__(os.fspath(path), reason)

@@ -247,12 +247,13 @@ class Keystore:
 
     # -- dataset keys ----------------------------------------------------------------------
 
-    def dataset_key(self, dataset_id: str, key_id: str | None = None) -> DatasetKey:
+    def dataset_key(self, dataset_id: str, key_id: str | None = None, *, log: bool = True) -> DatasetKey:
         """The key of a dataset: HKDF-SHA256(master, info="patchveil/dataset/" + id).
 
         Without ``key_id``: the current generation's key, logging ``dataset-derived`` the first
-        time. With ``key_id`` (an old release's manifest): whichever generation made that key.
-        A destroyed dataset is refused.
+        time (``log=False`` defers that: a job logs it only once it signs a release, so a
+        refused job leaves the custody log as it was). With ``key_id`` (an old release's
+        manifest): whichever generation made that key. A destroyed dataset is refused.
         """
         if not isinstance(dataset_id, str) or not dataset_id:
             raise ValueError("dataset id must be a non-empty string")
@@ -269,7 +270,7 @@ class Keystore:
                                 f"dataset {dataset_id!r}: no key with id {key_id} in this keystore "
                                 "(made by another keystore?)")
         key = DatasetKey(dataset_id, self.__generations[-1].derive(dataset_id))
-        if (dataset_id, key.key_id) not in self.__logged:
+        if log and (dataset_id, key.key_id) not in self.__logged:
             if not any(d["dataset_id"] == dataset_id and d["key_id"] == key.key_id
                        for d in self.datasets()):
                 self.log("dataset-derived", {"dataset_id": dataset_id, "key_id": key.key_id,

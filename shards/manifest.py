@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from shards.errors import PatchveilError
 from shards.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Sign, verify_signature
 
 FORMAT_VERSION = 1
@@ -39,7 +40,7 @@ SHARD_NAME_PATTERN = re.compile(r"^(?P<split>[A-Za-z0-9][A-Za-z0-9_-]{0,63})-(?P
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ManifestError(ValueError):
+class ManifestError(PatchveilError, ValueError):
     """A manifest is malformed, from a newer format version, or fails its signature check.
 
     The message is one line: the field (or file) at fault and the reason.
@@ -98,6 +99,19 @@ def fsync_directory(directory: Path) -> None:
 
 def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
+
+
+def check_split_name(value: Any, name: str = "split") -> str:
+    """A split name as shard names carry it: letters, digits, '_' and '-' (e.g. train, val)."""
+    if not isinstance(value, str) or not SPLIT_PATTERN.match(value):
+        raise ManifestError(f"{name}: {value!r:.40} is not a split name (letters, digits, _ and -, "
+                            "up to 64, e.g. train)")
+    return value
+
+
+def check_int(value: Any, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer in [minimum, maximum], or a ManifestError naming the field."""
+    return _check_int(value, name, minimum, maximum)
 
 
 def _check_int(value: Any, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -222,6 +236,23 @@ class CipherSpec:
             raise ManifestError("quality: must be null for png")
         if _check_int(self.channels, "channels") not in (1, 3):
             raise ManifestError(f"channels: expected 1 or 3, got {self.channels}")
+
+    @classmethod
+    def for_image(cls, mode: str, patch: int, sub_patch: int | None, image_size: tuple[int, int],
+                  format: str, quality: int | None, channels: int) -> CipherSpec:
+        """The spec of a cipher applied to `image_size`, its stored size derived.
+
+        The data owner's options go through here before anything is written, so an option is
+        accepted exactly when the manifest it leads to would be.
+        """
+        _check_choice(mode, "mode", MODES)
+        p = _check_int(patch, "patch", 1)
+        h, w = _check_size(image_size, "image_size")
+        stored = (h, w)
+        if mode in MIXING_MODES:
+            s = _check_int(sub_patch, "sub_patch", 1)
+            stored = (h // p * s, w // p * s)
+        return cls(mode, patch, sub_patch, (h, w), stored, format, quality, channels)
 
     @property
     def encrypted(self) -> bool:

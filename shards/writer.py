@@ -5,10 +5,13 @@ uid/gid 0, one user/group name, mode 0444, the USTAR format, and member names ma
 the opaque sample id and the member type. So the same samples in the same order give the
 same sha256, whichever machine or worker writes them. The shard is written to a hidden
 temporary name in the output directory and renamed only when complete, so a crash never
-leaves a half shard under a real name.
+leaves a half shard under a real name. A disk error while writing (`File too large`, `No
+space left on device`, ...) is raised with the shard's path as its file name, so the one line
+a command prints says which shard in which folder failed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -17,7 +20,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 from shards.manifest import SPLIT_PATTERN, ShardEntry, canonical_json, fsync_directory
 
@@ -30,6 +33,17 @@ TAR_FORMAT = tarfile.USTAR_FORMAT
 SHARD_FILE_MODE = 0o644
 TEMP_PATTERN = re.compile(r"^\..+\.tar\.[^.]+\.tmp$")
 """Names of temporary shards (`.{name}.{random}.tmp`): a leftover one marks an interrupted write."""
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Give an OSError that names no file the shard's path (errno and type are kept)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            exc.filename = os.fspath(path)
+        raise
 
 
 def shard_name(split: str, index: int) -> str:
@@ -69,7 +83,8 @@ class ShardWriter:
         self.path = self.out_dir / self.name
         if not self.out_dir.is_dir():
             raise NotADirectoryError(f"{self.out_dir}: output directory does not exist")
-        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{self.name}.", suffix=".tmp")
+        with _naming(self.path):
+            fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{self.name}.", suffix=".tmp")
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
         self._keys: set[str] = set()
@@ -118,8 +133,9 @@ class ShardWriter:
                 sample["json"] = canonical_json(meta)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{self.name}: sample {key}: meta is not JSON-serialisable ({e})") from None
-        for ext_name in sorted(k for k in sample if k != "__key__"):
-            self._add_member(f"{key}.{ext_name}", sample[ext_name])
+        with _naming(self.path):
+            for ext_name in sorted(k for k in sample if k != "__key__"):
+                self._add_member(f"{key}.{ext_name}", sample[ext_name])
         self._keys.add(key)
 
     def _add_member(self, name: str, data: bytes) -> None:
@@ -136,12 +152,13 @@ class ShardWriter:
         if self._aborted:
             raise ValueError(f"{self.name}: the write was aborted")
         try:
-            self._tar.close()
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.chmod(self._tmp, SHARD_FILE_MODE)
-            os.replace(self._tmp, self.path)
+            with _naming(self.path):
+                self._tar.close()
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                os.chmod(self._tmp, SHARD_FILE_MODE)
+                os.replace(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise

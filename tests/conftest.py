@@ -1,11 +1,18 @@
 """Shared test data: real Fashion-MNIST images and real natural photos.
 
-Fashion-MNIST comes from ../shared/datasets/fashion-mnist when it sits beside the checkout,
-else from the sample the repo ships under examples/fashion-mnist-sample.
+Fashion-MNIST comes from one place, `fashion_mnist_dir()`: the real idx files in
+../shared/datasets/fashion-mnist when they sit beside the checkout, else the sample the repo
+ships under examples/fashion-mnist-sample (the first 2,000 training and first 500 test images
+of the real set, by index). PATCHVEIL_TEST_DATA picks on purpose: `sample` uses the shipped
+sample even when ../shared is there (a fresh clone's view), `shared` insists on ../shared,
+`auto` (the default) takes ../shared when present.
 """
 from __future__ import annotations
 
+import functools
 import gzip
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +22,32 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FMNIST = REPO.parent / "shared" / "datasets" / "fashion-mnist"
 SAMPLE_DIR = REPO / "examples" / "fashion-mnist-sample"
+TEST_DATA_ENV = "PATCHVEIL_TEST_DATA"
 FMNIST_CLASSES = [
     "t-shirt", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle-boot",
 ]
+_SAMPLE_NAME = re.compile(r"(train|t10k)-(\d+)\.png")
+
+
+def fashion_mnist_dir(choice: str | None = None) -> Path | None:
+    """The real Fashion-MNIST idx folder the tests read, or None for the shipped sample.
+
+    `choice` is 'auto', 'sample' or 'shared'; by default PATCHVEIL_TEST_DATA's value. The only
+    place in tests/ (and in the benchmarks and examples that import this module) that looks
+    at ../shared.
+    """
+    if choice is None:
+        choice = os.environ.get(TEST_DATA_ENV, "auto")
+    choice = choice.strip().lower() or "auto"
+    if choice not in ("auto", "sample", "shared"):
+        raise ValueError(f"{TEST_DATA_ENV}={choice!r}: use 'auto', 'sample' or 'shared'")
+    if choice == "sample":
+        return None
+    present = (SHARED_FMNIST / "train-images-idx3-ubyte.gz").is_file()
+    if choice == "shared" and not present:
+        raise FileNotFoundError(f"{TEST_DATA_ENV}=shared but {SHARED_FMNIST} holds no Fashion-MNIST")
+    return SHARED_FMNIST if present else None
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -29,21 +58,51 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def load_fashion_mnist(split: str = "train", limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Return (images N×28×28 uint8, labels N) of real Fashion-MNIST."""
+def sample_files(split: str = "train") -> list[Path]:
+    """The shipped sample's PNGs of a split in the real set's index order (train-00000.png, ...)."""
+    split_dir = SAMPLE_DIR / ("train" if split == "train" else "val")
+    files = []
+    for f in split_dir.glob("*/*.png"):
+        match = _SAMPLE_NAME.fullmatch(f.name)
+        if match is None:
+            raise ValueError(f"{f}: sample files are named like train-00023.png")
+        files.append((int(match.group(2)), f))
+    files.sort()
+    return [f for _, f in files]
+
+
+@functools.lru_cache(maxsize=4)
+def _fashion_mnist(split: str, source: Path | None) -> tuple[np.ndarray, np.ndarray]:
     prefix = "train" if split == "train" else "t10k"
-    img_path = SHARED_FMNIST / f"{prefix}-images-idx3-ubyte.gz"
-    if img_path.exists():
-        images = _read_idx(img_path)
-        labels = _read_idx(SHARED_FMNIST / f"{prefix}-labels-idx1-ubyte.gz")
+    if source is not None:
+        images = _read_idx(source / f"{prefix}-images-idx3-ubyte.gz")
+        labels = _read_idx(source / f"{prefix}-labels-idx1-ubyte.gz")
     else:
-        split_dir = SAMPLE_DIR / ("train" if split == "train" else "val")
-        files = sorted(split_dir.glob("*/*.png"))
+        files = sample_files(split)
         images = np.stack([np.asarray(Image.open(f)) for f in files])
         labels = np.array([FMNIST_CLASSES.index(f.parent.name) for f in files], dtype=np.uint8)
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    return images.copy(), labels.astype(np.int64)
+    images.flags.writeable = False
+    labels = labels.astype(np.int64)
+    labels.flags.writeable = False
+    return images, labels
+
+
+def load_fashion_mnist(split: str = "train", limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return (images N×28×28 uint8, labels N) of real Fashion-MNIST, in the real set's order.
+
+    `limit` takes the first `limit` images by index, from ../shared or from the shipped sample
+    alike, so small limits mix the classes the same way. The sample holds 2,000 training and
+    500 test images: a larger limit gets those (see `fashion_mnist_size`).
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, not {limit}")
+    images, labels = _fashion_mnist("train" if split == "train" else "test", fashion_mnist_dir())
+    return images[:limit].copy(), labels[:limit].copy()
+
+
+def fashion_mnist_size(split: str = "train") -> int:
+    """How many images `load_fashion_mnist(split)` can return with the data the tests have."""
+    return len(_fashion_mnist("train" if split == "train" else "test", fashion_mnist_dir())[1])
 
 
 def natural_photos(size: int = 224) -> dict[str, np.ndarray]:

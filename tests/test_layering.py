@@ -12,7 +12,7 @@ STDLIB = set(sys.stdlib_module_names)
 
 # package -> top-level imports it may use besides the stdlib and itself
 ALLOWED = {
-    "keys": {"cryptography", "click"},
+    "keys": {"cryptography", "click", "shards"},
     "shards": {"numpy", "PIL", "webdataset", "cryptography", "click", "tqdm"},
     "encrypt": {"keys", "shards", "numpy", "PIL", "ray", "click", "tqdm"},
     "train": {"shards", "torch", "timm", "webdataset", "numpy", "PIL", "scipy", "pycocotools",
@@ -21,6 +21,8 @@ ALLOWED = {
     "audit": {"keys", "shards", "encrypt", "numpy", "PIL", "scipy", "skimage", "click", "tqdm",
               "torch", "timm"},
 }
+# keys sits below the contract: it may use only the stdlib-level error root and CLI plumbing.
+KEYS_MAY_USE_FROM_SHARDS = {"shards.errors", "shards.console"}
 
 
 def imported_modules(source: str) -> list[tuple[int, str]]:
@@ -42,6 +44,9 @@ def violations(package: str) -> list[str]:
             top = module.split(".")[0]
             if top == "encrypt" and package == "audit" and module not in ("encrypt", "encrypt.ciphers"):
                 bad.append(f"{path.relative_to(REPO)}:{line} imports {module} (audit may use encrypt.ciphers only)")
+            elif top == "shards" and package == "keys" and module not in KEYS_MAY_USE_FROM_SHARDS:
+                bad.append(f"{path.relative_to(REPO)}:{line} imports {module} "
+                           f"(keys may use only {', '.join(sorted(KEYS_MAY_USE_FROM_SHARDS))})")
             elif top not in allowed:
                 bad.append(f"{path.relative_to(REPO)}:{line} imports {module}")
     return bad

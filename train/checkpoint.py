@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from train.errors import TrainError
 from shards.manifest import CipherSpec, Manifest, fsync_directory
 
 __all__ = [
@@ -36,7 +37,7 @@ FORMAT = "patchveil-checkpoint/1"
 GEOMETRY = ("mode", "patch", "sub_patch", "image_size", "stored_size", "channels")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TrainError):
     """A checkpoint cannot be read or does not fit the release; one line naming the file."""
 
 

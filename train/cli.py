@@ -6,7 +6,6 @@ that is not finite) exits 1. Under ``torchrun`` every process runs the same comm
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -17,38 +16,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from shards.console import command_group
+from train.errors import TrainError
+
 LOSSES = ("ce", "anchor-euclidean", "anchor-cosine")
 ANCHORS = ("simplex", "orthogonal")
-
-
-class BadInput(click.ClickException):
-    """Usage or input problem: one line, exit code 2."""
-
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-class TrainingFailed(BadInput):
-    """The run itself went wrong (a loss that is not finite): one line, exit code 1."""
-
-    exit_code = 1
-
-
-def one_line_errors(fn):
-    """Turn the project's input errors into one clear line and exit code 2."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from train.data import worker_error_line  # torch loads only when a command runs
-
-        try:
-            return fn(*args, **kwargs)
-        except FloatingPointError as exc:
-            raise TrainingFailed(worker_error_line(exc)) from None
-        except ValueError as exc:  # ManifestError, ShardError, CheckpointError, RunError, settings
-            raise BadInput(worker_error_line(exc)) from None
-    return wrapper
 
 
 def _setup_logging() -> None:
@@ -64,7 +36,7 @@ def _parse_model_args(pairs: tuple[str, ...]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.isidentifier():
-            raise BadInput(f"--model-arg {pair!r}: expected KEY=VALUE, e.g. depth=6")
+            raise TrainError(f"--model-arg {pair!r}", "expected KEY=VALUE, e.g. depth=6")
         try:
             out[key] = json.loads(value)
         except ValueError:
@@ -72,7 +44,7 @@ def _parse_model_args(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@command_group("train-encrypted")
 def cli() -> None:
     """Train vision transformers on encrypted shards; never sees a key or a plain image.
 
@@ -136,9 +108,11 @@ _CONFIG_OPTIONS = {
 @click.option("--log-every", default=50, show_default=True, help="Steps between metrics.jsonl lines.")
 @click.option("--checkpoint-every", default=0, show_default=True,
               help="Also write last.pt every N steps inside an epoch (0: at epoch ends only).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar (bars are drawn on a terminal only).")
+@click.option("--threads", type=click.IntRange(min=1), metavar="N",
+              help="CPU: torch threads per process (default: the cores left beside the processes and loader "
+                   "workers; OMP_NUM_THREADS also sets it).")
 @click.pass_context
-@one_line_errors
 def classify(ctx: click.Context, shards: Path, out: Path, resume: bool, quiet: bool, **options: Any) -> None:
     """Train a classifier on a release's train split, evaluating on its val split.
 
@@ -152,6 +126,7 @@ def classify(ctx: click.Context, shards: Path, out: Path, resume: bool, quiet: b
     from train.engine import LAST, TrainConfig, train
 
     _setup_logging()
+    threads = options.pop("threads")
     options["model_args"] = _parse_model_args(options["model_args"])
     if options["val_split"].lower() == "none":
         options["val_split"] = None
@@ -165,7 +140,7 @@ def classify(ctx: click.Context, shards: Path, out: Path, resume: bool, quiet: b
     fields.update({_CONFIG_OPTIONS[name]: options[name] for name in given})
     fields.update(shards=str(shards), out=str(out), progress=not quiet)
     config = TrainConfig.from_dict(fields)
-    summary = train(config, resume=resume)
+    summary = train(config, resume=resume, threads=threads)
     if int(os.environ.get("RANK", "0")) == 0:
         best = summary["best_top1"]
         shown = "no evaluation" if best is None else f"best val top-1 {best:.4f}"
@@ -194,11 +169,14 @@ def classify(ctx: click.Context, shards: Path, out: Path, resume: bool, quiet: b
 @click.option("--seed", default=0, show_default=True)
 @click.option("--val-split", default="val", show_default=True, help="Split evaluated (COCO mAP); none: no evaluation.")
 @click.option("--verify-digests", is_flag=True, help="Hash every shard against the manifest first.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@one_line_errors
+@click.option("--quiet", is_flag=True, help="No progress bar (bars are drawn on a terminal only).")
+@click.option("--threads", type=click.IntRange(min=1), metavar="N",
+              help="CPU: torch threads per process (default: the cores left beside the processes and loader "
+                   "workers; OMP_NUM_THREADS also sets it).")
 def detect(shards: Path, out: Path, model: str, model_args: tuple[str, ...], det_tokens: int, epochs: int,
            batch_size: int, lr: float, weight_decay: float, hflip: float, amp: bool, resume: bool,
-           workers: int, seed: int, val_split: str, verify_digests: bool, quiet: bool) -> None:
+           workers: int, seed: int, val_split: str, verify_digests: bool, quiet: bool,
+           threads: int | None) -> None:
     """Train a YOLOS-style detector (MI patch embedding) on a `mix` COCO release.
 
     \b
@@ -215,7 +193,7 @@ def detect(shards: Path, out: Path, model: str, model_args: tuple[str, ...], det
         hflip=hflip, amp=amp, workers=workers, seed=seed,
         val_split=None if val_split.lower() == "none" else val_split, verify_digests=verify_digests,
         progress=not quiet)
-    summary = fit_detection(config, resume=resume)
+    summary = fit_detection(config, resume=resume, threads=threads)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, sort_keys=True, default=str))
 
@@ -229,7 +207,6 @@ def detect(shards: Path, out: Path, model: str, model_args: tuple[str, ...], det
 @click.option("--batch-size", type=int, help="Default: the training batch size.")
 @click.option("--workers", default=2, show_default=True)
 @click.option("--verify-digests", is_flag=True, help="Hash every shard against the manifest first.")
-@one_line_errors
 def evaluate(shards: Path, checkpoint: Path, split: str, batch_size: int | None, workers: int,
              verify_digests: bool) -> None:
     """Score a checkpoint on a split: prints one JSON line (top-1/top-5, or COCO mAP for detection).

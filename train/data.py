@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shards.errors import first_line
 from shards.manifest import CipherSpec, Manifest, ManifestError
 from shards.reader import ShardError, load_manifest, verify_shards, webdataset_pipeline
 
@@ -43,6 +44,7 @@ __all__ = [
     "ShardLoader",
     "channel_stats",
     "epoch_seed",
+    "one_torch_thread",
     "open_release",
     "stack_images",
     "token_tile",
@@ -183,18 +185,17 @@ def _collate(samples: list[tuple[np.ndarray, int]]) -> Batch:
 
 
 def worker_error_line(exc: BaseException) -> str:
-    """One line for an error, also when it crossed from a DataLoader worker.
+    """One line for an error, also when it crossed from a DataLoader worker."""
+    return first_line(exc)
 
-    PyTorch re-raises a worker's exception with its traceback in the message; the reason is
-    the traceback's last line, ``module.Error: message``.
+
+def one_torch_thread(worker_id: int) -> None:
+    """DataLoader worker_init_fn: one torch thread per loader worker.
+
+    A worker decodes images; the cores are counted for the training processes' own threads
+    (`train.threads`). Torch's worker loop sets this too; said here so it does not depend on it.
     """
-    text = str(exc).strip()
-    lines = text.splitlines()
-    if len(lines) > 1 and "DataLoader worker" in lines[0]:
-        last = lines[-1]
-        head, sep, rest = last.partition(": ")
-        return rest if sep and "." in head and " " not in head else last
-    return lines[0] if lines else type(exc).__name__
+    torch.set_num_threads(1)
 
 
 class ShardLoader:
@@ -280,7 +281,7 @@ class ShardLoader:
         if self.train:
             dataset = _WorkerShare(dataset, self._batches)
         loader = wds.WebLoader(dataset, batch_size=None, num_workers=self.workers,
-                               generator=torch.Generator().manual_seed(seed),
+                               generator=torch.Generator().manual_seed(seed), worker_init_fn=one_torch_thread,
                                persistent_workers=False, pin_memory=self.pin_memory)
         if self.train:
             loader = loader.with_epoch(self._batches)

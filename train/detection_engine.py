@@ -68,8 +68,10 @@ from train.engine import (
     create_model,
     start_runtime,
 )
+from train.errors import RunDiverged
 from train.matcher import HungarianMatcher
 from train.models.yolos import SIZES, detector_for_cipher
+from train.threads import setup_cpu_threads
 
 __all__ = [
     "COCO_METRICS",
@@ -323,9 +325,10 @@ def _check_resume(config: DetectionConfig, state: dict[str, Any], release: Relea
                        f"number (now {world_size}) so every step sees the same batches")
 
 
-def fit_detection(config: DetectionConfig, *, resume: bool = False, device: str | None = None) -> dict[str, Any]:
+def fit_detection(config: DetectionConfig, *, resume: bool = False, device: str | None = None,
+                  threads: int | None = None) -> dict[str, Any]:
     """Train a detector on a detection release as `config` says; with `resume`, continue
-    `config.out/last.pt` at the step it was written.
+    `config.out/last.pt` at the step it was written. CPU threads as in `train.engine.train`.
 
     Returns a summary: steps done, the last and best validation metrics, the run folder.
     Raises ManifestError / ShardError (the release), CheckpointError and RunError (the run
@@ -365,6 +368,7 @@ def fit_detection(config: DetectionConfig, *, resume: bool = False, device: str 
                                      workers=config.workers, rank=runtime.rank,
                                      world_size=runtime.world_size, pin_memory=pin)
     steps_per_epoch = len(train_loader)
+    setup_cpu_threads(runtime.device, train_loader.workers, requested=threads, log=log)
     optimizer = create_optimizer_v2(model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched="cosine", num_epochs=config.epochs, min_lr=config.min_lr,
@@ -435,7 +439,7 @@ def fit_detection(config: DetectionConfig, *, resume: bool = False, device: str 
             if step_now % config.log_every == 0:
                 value = float(loss)
                 if not math.isfinite(value):
-                    raise FloatingPointError(f"loss is {value} at step {step_now}; lower the learning "
+                    raise RunDiverged(f"loss is {value} at step {step_now}; lower the learning "
                                              "rate or clip gradients and resume from last.pt")
                 lr = optimizer.param_groups[0]["lr"]
                 metrics.write({"event": "train", "epoch": epoch + 1, "step": step_now, "loss": value, "lr": lr})
@@ -495,8 +499,10 @@ def load_detector(checkpoint: str | os.PathLike, release: Release) -> tuple[dict
 
 def evaluate_detection_checkpoint(checkpoint: str | os.PathLike, shards: str | os.PathLike, split: str = "val",
                                   *, batch_size: int | None = None, workers: int = 0,
-                                  verify_digests: bool = False, device: str | None = None) -> dict[str, Any]:
-    """COCO mAP / AP50 / AP75 of a saved detector on a release's split (stored-pixel boxes)."""
+                                  verify_digests: bool = False, device: str | None = None,
+                                  threads: int | None = None) -> dict[str, Any]:
+    """COCO mAP / AP50 / AP75 of a saved detector on a release's split (stored-pixel boxes);
+    CPU threads as in `train.engine.train`."""
     runtime = start_runtime(device)
     release = open_detection_release(shards, (split,), verify_digests=verify_digests)
     state, model = load_detector(checkpoint, release)
@@ -507,6 +513,7 @@ def evaluate_detection_checkpoint(checkpoint: str | os.PathLike, shards: str | o
     loader = DetectionLoader(release, split, batch_size=batch_size or config.batch_size, train=False,
                              workers=workers, rank=runtime.rank, world_size=runtime.world_size,
                              pin_memory=runtime.device.type == "cuda")
+    setup_cpu_threads(runtime.device, loader.workers, requested=threads, log=log)
     result = evaluate_detection(model, loader.epoch(0), transform, CategoryMap.from_manifest(release.manifest),
                                 device=runtime.device, amp=config.amp, runtime=runtime)
     return {"checkpoint": str(checkpoint), "split": split, "epoch": state["epoch"], "step": state["step"], **result}

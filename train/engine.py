@@ -39,6 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from shards.manifest import atomic_write_bytes
+from train.errors import RunDiverged, TrainError
 from train.checkpoint import (
     CheckpointError,
     capture_rng,
@@ -49,6 +50,7 @@ from train.checkpoint import (
     save_checkpoint,
 )
 from train.data import Augmentation, BatchTransform, Release, ShardLoader, epoch_seed, open_release
+from train.threads import setup_cpu_threads
 
 __all__ = [
     "Run",
@@ -71,7 +73,7 @@ log = logging.getLogger("train")
 LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.json"
 
 
-class RunError(ValueError):
+class RunError(TrainError):
     """A run folder or a resume request that cannot go ahead; one line naming the file."""
 
 
@@ -505,7 +507,7 @@ class Run:
             if step % config.log_every == 0:
                 value = float(loss)
                 if not math.isfinite(value):
-                    raise FloatingPointError(f"loss is {value} at step {step}: the run diverged; start "
+                    raise RunDiverged(f"loss is {value} at step {step}: the run diverged; start "
                                              "a new run with a lower --lr or a tighter --clip-grad")
                 now = time.perf_counter()
                 rate = (step - tick[1]) * config.batch_size * self.runtime.world_size / max(now - tick[0], 1e-9)
@@ -553,8 +555,12 @@ class Run:
         return record
 
 
-def train(config: TrainConfig, *, resume: bool = False, device: str | None = None) -> dict[str, Any]:
+def train(config: TrainConfig, *, resume: bool = False, device: str | None = None,
+          threads: int | None = None) -> dict[str, Any]:
     """Train on a release as `config` says; with `resume`, continue `config.out/last.pt`.
+
+    On CPU, `threads` torch threads per process, or by default as many as the cores left
+    beside the processes and loader workers allow (`train.threads`; logged in one line).
 
     Returns a summary: epochs and steps done, the last and the best validation metrics and
     the run folder. Raises ManifestError / ShardError (the release), CheckpointError and
@@ -577,6 +583,7 @@ def train(config: TrainConfig, *, resume: bool = False, device: str | None = Non
         _check_resume(config, state, release, runtime.world_size, out / LAST)
 
     run = Run(config, release, runtime)
+    setup_cpu_threads(runtime.device, run.train_loader.workers, requested=threads, log=log)
     if state is not None:
         run.restore(state)
     else:
@@ -623,8 +630,10 @@ def main_decides(runtime: Runtime, check: Callable[[], Any]) -> None:
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, shards: str | os.PathLike, split: str = "val", *,
                         batch_size: int | None = None, workers: int = 0, verify_digests: bool = False,
-                        device: str | None = None) -> dict[str, Any]:
+                        device: str | None = None, threads: int | None = None) -> dict[str, Any]:
     """Score `checkpoint` on a release's split: loss, top-1, top-5, samples.
+
+    CPU threads as in `train` (`threads`, else `train.threads`' choice).
 
     Refuses (CheckpointError) a checkpoint trained on another cipher geometry or class count.
     """
@@ -645,6 +654,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, shards: str | os.PathLike
     loader = ShardLoader(release, split, batch_size=batch_size or config.batch_size, train=False,
                          workers=workers, rank=runtime.rank, world_size=runtime.world_size,
                          pin_memory=runtime.device.type == "cuda")
+    setup_cpu_threads(runtime.device, loader.workers, requested=threads, log=log)
     result = evaluate(model, criterion, loader.epoch(0), transform, device=runtime.device,
                       amp=config.amp, runtime=runtime)
     return {"checkpoint": str(checkpoint), "split": split, "epoch": state["epoch"],

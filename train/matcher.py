@@ -14,6 +14,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from train.errors import RunDiverged
 from train.box_ops import cxcywh_to_xyxy, generalized_box_iou
 
 __all__ = ["HungarianMatcher", "Match"]
@@ -53,7 +54,7 @@ class HungarianMatcher(nn.Module):
         matches = []
         for cost in self.cost_matrices(outputs, targets):
             if not torch.isfinite(cost).all():
-                raise FloatingPointError("matching cost is not finite: the model diverged "
+                raise RunDiverged("matching cost is not finite: the model diverged "
                                          "(lower the learning rate or clip gradients)")
             rows, cols = linear_sum_assignment(cost.numpy())
             matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
