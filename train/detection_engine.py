@@ -36,8 +36,8 @@ from pycocotools.cocoeval import COCOeval
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
-from tqdm import tqdm
 
+from shards.console import progress_bar
 from shards.manifest import atomic_write_bytes
 from train.box_ops import cxcywh_to_xyxy
 from train.checkpoint import (
@@ -430,9 +430,8 @@ def fit_detection(config: DetectionConfig, *, resume: bool = False, device: str 
             restore_rng(state["rng"][runtime.rank])
         else:
             seed_augmentation(config.seed, epoch, runtime.rank)
-        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}",
-                   unit="batch", disable=not (config.progress and runtime.main), dynamic_ncols=True,
-                   leave=False)
+        bar = progress_bar(enabled=config.progress and runtime.main, total=steps_per_epoch, initial=skip,
+                           desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False)
 
         def on_step(step_now: int, index: int, loss: torch.Tensor, epoch: int = epoch) -> None:
             bar.update(1)

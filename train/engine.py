@@ -38,6 +38,7 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm import tqdm
 
+from shards.console import progress_bar
 from shards.manifest import atomic_write_bytes
 from train.errors import RunDiverged, TrainError
 from train.checkpoint import (
@@ -528,8 +529,8 @@ class Run:
             restore_rng(self.rng_states[runtime.rank])
         else:
             seed_augmentation(config.seed, self.epoch, runtime.rank)
-        bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {self.epoch + 1}/{config.epochs}",
-                   unit="batch", disable=not (config.progress and runtime.main), dynamic_ncols=True, leave=False)
+        bar = progress_bar(enabled=config.progress and runtime.main, total=self.steps_per_epoch, initial=skip,
+                           desc=f"epoch {self.epoch + 1}/{config.epochs}", unit="batch", leave=False)
         started = time.perf_counter()
         result = train_one_epoch(self.train_model, self.criterion, self.train_loader.epoch(self.epoch, skip=skip),
                                  self.augment, self.optimizer, self.scheduler, device=runtime.device,
