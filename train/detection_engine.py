@@ -38,7 +38,7 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm import tqdm
 
-from shards.manifest import atomic_write_bytes
+from shards.common import atomic_write_bytes
 from train.box_ops import cxcywh_to_xyxy
 from train.checkpoint import (
     CheckpointError,
