@@ -148,8 +148,8 @@ def cases_from_release(shards: Path, keystore, source: Path, limit: int, resize:
     cipher = manifest.cipher
     if manifest.task != "classification":
         raise PrivacyError(f"{shards}: a {manifest.task} release; the privacy audit attacks classification releases")
-    key = keystore.dataset_key(manifest.dataset_id, manifest.key_id)
-    index = load_index(keystore, manifest.dataset_id, manifest.key_id)
+    key = keystore.dataset_key(manifest.dataset_id, manifest.dataset_key_id)
+    index = load_index(keystore, manifest.dataset_id, manifest.dataset_key_id)
     h, w = cipher.image_size
     n = permutation_length(cipher.mode, h, w, cipher.patch, cipher.sub_patch) if cipher.mode != "none" else 0
     turns = orientation_length(cipher.mode, h, w, cipher.patch, cipher.sub_patch) if cipher.mode != "none" else 0

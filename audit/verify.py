@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 from PIL import Image
 
 from keys.custody import ChainReport, identity_signing_keys, signing_key_id, verify_chain
-from keys.derive import key_id_from_commitment
+from keys.derive import dataset_key_id_from_commitment
 from shards.console import progress_bar
 from shards.manifest import MANIFEST_NAME, Manifest, ManifestError
 from shards.reader import STORAGE_EXTENSION
@@ -448,11 +448,11 @@ def _check_custody(chain: ChainReport, manifest: Manifest | None, path: Path, re
         result.problem(f"no used-for-job or forgotten entry records this manifest's digest {digest[:16]}…")
         return
     entry = vouching[-1]
-    if entry["details"].get("key_id") != manifest.key_id or \
+    if entry["details"].get("key_id") != manifest.dataset_key_id or \
             entry["details"].get("dataset_id") != manifest.dataset_id:
         result.problem(f"entry {entry['seq']} records this digest for another dataset key")
     destroyed = [e for e in chain.entries if e["event"] == "destroyed"
-                 and manifest.key_id in e["details"].get("key_ids", [])]
+                 and manifest.dataset_key_id in e["details"].get("key_ids", [])]
     note = f"; its dataset key was destroyed at entry {destroyed[0]['seq']}" if destroyed else ""
     result.summary = (f"{len(chain.entries)} entries in {path.name}: chain, signatures and time order "
                       f"valid; {entry['event']} entry {entry['seq']} records this manifest{note}")
@@ -462,7 +462,7 @@ def _check_custody(chain: ChainReport, manifest: Manifest | None, path: Path, re
 
 def _check_key_id(manifest: Manifest, identity: dict[str, Any], chain: ChainReport | None,
                   result: CheckResult) -> None:
-    key_id, dataset_id = manifest.key_id, manifest.dataset_id
+    key_id, dataset_id = manifest.dataset_key_id, manifest.dataset_id
     sources = [("the exported identity", d) for d in identity.get("datasets") or []
                if isinstance(d, dict) and d.get("key_id") == key_id]
     if chain is not None and chain.ok:
@@ -471,7 +471,7 @@ def _check_key_id(manifest: Manifest, identity: dict[str, Any], chain: ChainRepo
     for source, listed in sources:
         commitment = listed.get("commitment")
         try:
-            matches = isinstance(commitment, str) and key_id_from_commitment(commitment) == key_id
+            matches = isinstance(commitment, str) and dataset_key_id_from_commitment(commitment) == key_id
         except ValueError:
             matches = False
         if not matches:

@@ -83,9 +83,9 @@ def decrypt_release(out_dir: Path, dest: Path, keystore, *, ids: Iterable[str] |
     if cipher.mode in NOTHING_TO_DECRYPT:
         raise InputError(f"{out_dir}: {NOTHING_TO_DECRYPT[cipher.mode]}")
     _check_dest(dest, out_dir)
-    dataset_key = keystore.dataset_key(manifest.dataset_id, manifest.key_id)
+    dataset_key = keystore.dataset_key(manifest.dataset_id, manifest.dataset_key_id)
     try:
-        index = load_index(keystore, manifest.dataset_id, manifest.key_id)
+        index = load_index(keystore, manifest.dataset_id, manifest.dataset_key_id)
     except KeystoreError as exc:
         if "no sealed index" not in exc.reason:
             raise
@@ -128,7 +128,7 @@ def decrypt_release(out_dir: Path, dest: Path, keystore, *, ids: Iterable[str] |
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    keystore.log("decrypted", {"dataset_id": manifest.dataset_id, "key_id": manifest.key_id,
+    keystore.log("decrypted", {"dataset_id": manifest.dataset_id, "key_id": manifest.dataset_key_id,
                                "manifest_digest": manifest.digest(), "samples": len(written),
                                "selection": "all" if wanted is None else "ids"})
     return DecryptSummary(len(written), dest, cipher.mode, "id" if index is None else "path")

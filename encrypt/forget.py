@@ -30,7 +30,8 @@ from encrypt.sources import InputError
 from keys.derive import normalise_path
 from keys.index import load_index
 from shards.console import progress_bar
-from shards.manifest import MANIFEST_NAME, Manifest, ShardEntry, fsync_directory
+from shards.common import fsync_directory
+from shards.manifest import MANIFEST_NAME, Manifest, ShardEntry
 from shards.writer import ShardWriter
 
 
@@ -49,7 +50,7 @@ def forget_samples(out_dir: Path, keystore, paths: Iterable[str], *, progress: b
     """Remove every sample made from `paths` (relative to the source root) from a release."""
     out_dir = Path(out_dir)
     manifest = load_owned_manifest(out_dir, keystore)
-    index = load_index(keystore, manifest.dataset_id, manifest.key_id)
+    index = load_index(keystore, manifest.dataset_id, manifest.dataset_key_id)
     targets = _ids_for_paths(index, paths, manifest.dataset_id)
     previous = manifest.digest()
     version = int(manifest.extra.get("version", 1))
@@ -78,7 +79,7 @@ def forget_samples(out_dir: Path, keystore, paths: Iterable[str], *, progress: b
         shutil.rmtree(staging, ignore_errors=True)
         raise
     digest = new.digest()
-    keystore.log("forgotten", {"dataset_id": manifest.dataset_id, "key_id": manifest.key_id,
+    keystore.log("forgotten", {"dataset_id": manifest.dataset_id, "key_id": manifest.dataset_key_id,
                                "samples_removed": len(found), "shards_rewritten": len(rewritten),
                                "shards_dropped": len(dropped), "version": version + 1,
                                "previous_manifest_digest": previous, "manifest_digest": digest})

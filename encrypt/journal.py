@@ -3,8 +3,8 @@
 It lives on the data owner's side, beside OUT (in OUT.owner/), never inside OUT: its
 records name skipped source paths. One JSON line per finished shard, flushed and fsynced
 before the next shard is reported, so `kill -9` loses at most the shards in flight. The
-first line fingerprints the job (settings, key id, planned sample ids); resuming a different
-job is refused.
+first line (written atomically, fsynced, 0600) fingerprints the job (settings, dataset key
+id, planned sample ids); resuming a different job is refused.
 
 Resuming touches only what the job itself put in OUT: its shards, its manifest and the
 temporary files of writes a kill interrupted (`shards.writer.TEMP_PATTERN` for shards, the
@@ -21,13 +21,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from encrypt.sources import InputError, Skipped
+from shards.common import atomic_write_bytes
 from shards.errors import escape_path
 from shards.manifest import ShardEntry
 from shards.reader import sha256_file
 from shards.writer import TEMP_PATTERN
 
 MANIFEST_NAME = "manifest.json"
-# shards.manifest.atomic_write_bytes: mkstemp(prefix=".manifest.json.", suffix=".tmp")
+# shards.common.atomic_writer: mkstemp(prefix=".manifest.json.", suffix=".tmp")
 MANIFEST_TEMP_PATTERN = re.compile(r"^\.manifest\.json\.[^./]+\.tmp$")
 _SHARD_TEMP = re.compile(r"^\.(?P<shard>.+\.tar)\.[^./]+\.tmp$")
 
@@ -77,9 +78,7 @@ class Journal:
     @classmethod
     def start(cls, path: Path, fingerprint: str) -> "Journal":
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"job": fingerprint}) + "\n")
-        os.replace(tmp, path)
+        atomic_write_bytes(path, (json.dumps({"job": fingerprint}) + "\n").encode("utf-8"), 0o600)
         return cls(path, fingerprint)
 
     @classmethod

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import warnings
 from collections import Counter
@@ -25,7 +24,8 @@ from encrypt.plan import JobSettings, plan_shards
 from encrypt.sources import InputError, Skipped, SourceListing, display_path
 from keys.index import save_index
 from shards.console import progress_bar
-from shards.manifest import Manifest, fsync_directory
+from shards.common import atomic_write_bytes, fsync_directory
+from shards.manifest import Manifest
 
 # What was measured (docs/privacy.md), said whenever a mode is used, the default included.
 MODE_RISK = {
@@ -254,7 +254,7 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
     preflight(listing, settings, out_dir, probe)
     dataset_key = keystore.dataset_key(dataset_id, log=False)  # logged when the release is signed
     tasks = plan_shards(listing, dataset_key, settings)
-    fingerprint = _fingerprint(settings, dataset_id, dataset_key.key_id, tasks)
+    fingerprint = _fingerprint(settings, dataset_id, dataset_key.dataset_key_id, tasks)
     if resuming:
         journal = Journal.resume(journal_path, fingerprint, out_dir)
         leftovers = own_leftovers(out_dir, [t.name for t in tasks])  # refuses anything foreign
@@ -307,13 +307,13 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
         task=settings.task, dataset_id=dataset_id, cipher=settings.cipher_spec(), splits=splits,
         num_classes=len(listing.class_names),
         class_names=None if hide_class_names else list(listing.class_names),
-        categories=listing.categories, key_id=dataset_key.key_id, tool_version=tool_version(),
+        categories=listing.categories, key_id=dataset_key.dataset_key_id, tool_version=tool_version(),
         created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
     ).signed(keystore.sign, keystore.public_key)
     manifest.save(out_dir / "manifest.json")
     digest = manifest.digest()
     images = sum(e.samples for entries in splits.values() for e in entries)
-    keystore.log("used-for-job", {"dataset_id": dataset_id, "key_id": dataset_key.key_id,
+    keystore.log("used-for-job", {"dataset_id": dataset_id, "key_id": dataset_key.dataset_key_id,
                                   "manifest_digest": digest, "samples": images,
                                   "shards": len(tasks), "mode": settings.mode})
     seconds = time.perf_counter() - start
@@ -335,10 +335,6 @@ def _index_entries(tasks, skipped: list[Skipped]) -> dict[str, dict]:
 
 
 def _write_private(path: Path, text: str) -> None:
+    """Write an owner-only (0600) report atomically: it names source paths."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # also when a tmp of another mode was left behind
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"), 0o600)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from encrypt.sources import InputError, SourceItem, SourceListing
+from shards.common import shard_name
 from shards.manifest import TASKS, CipherSpec, ManifestError, check_int, check_split_name
 
 # The command-line option behind each settings field, so a refusal names what the owner typed.
@@ -94,7 +95,7 @@ class ShardTask:
 
     @property
     def name(self) -> str:
-        return f"{self.split}-{self.index:06d}.tar"
+        return shard_name(self.split, self.index)
 
 
 def check_split(split: str | None) -> str | None:

@@ -72,7 +72,7 @@ def init(keystore_dir: Path, passphrase_file: Path | None) -> None:
     """
     store = create_keystore(keystore_dir, read_passphrase(passphrase_file, confirm=True))
     click.echo(f"created keystore {store.directory}")
-    click.echo(f"key id      {store.key_id}")
+    click.echo(f"key id      {store.signing_key_id}")
     click.echo(f"public key  {base64.b64encode(store.public_key).decode('ascii')}")
 
 
@@ -92,12 +92,12 @@ def info(keystore_dir: Path, passphrase_file: Path | None, as_json: bool) -> Non
     datasets = store.datasets()
     public_key = base64.b64encode(store.public_key).decode("ascii")
     if as_json:
-        _print_json({"keystore": str(store.directory), "key_id": store.key_id,
+        _print_json({"keystore": str(store.directory), "key_id": store.signing_key_id,
                      "created": store.created, "public_key": public_key, "datasets": datasets,
                      "signing_keys": store.signing_keys()})
         return
     click.echo(f"keystore    {store.directory}")
-    click.echo(f"key id      {store.key_id}")
+    click.echo(f"key id      {store.signing_key_id}")
     click.echo(f"created     {store.created}")
     click.echo(f"public key  {public_key}")
     retired = [k["key_id"] for k in store.signing_keys()[:-1]]
@@ -136,7 +136,7 @@ def export_public(keystore_dir: Path, passphrase_file: Path | None, output: Path
     store.log("exported-public", {"identity_sha256": digest,
                                   "custody_entries": identity["custody"]["entries"]})
     atomic_write(output, data, mode=0o644)
-    click.echo(f"wrote {output} (key id {store.key_id}, {len(identity['datasets'])} datasets, "
+    click.echo(f"wrote {output} (key id {store.signing_key_id}, {len(identity['datasets'])} datasets, "
                f"sha256 {digest[:16]}…)")
 
 

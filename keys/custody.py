@@ -30,6 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from keys.errors import KeystoreError
+from shards.common import SigningKeyID, b64encode, canonical_json, fsync_directory  # canonical_json: re-exported
 
 EVENTS = (
     "key-created", "dataset-derived", "used-for-job", "exported-public",
@@ -43,20 +44,14 @@ _FIELDS = frozenset({"seq", "time", "event", "details", "prev", "key_id", "sig"}
 _TAIL_CHUNK = 8192
 
 
-def canonical_json(obj: Any) -> bytes:
-    """The one byte encoding that is hashed and signed."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
-
-
 def line_hash(line: bytes) -> str:
     """sha256 hex of one log line, without its trailing newline."""
     return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
 
 
-def signing_key_id(public_key: bytes) -> str:
+def signing_key_id(public_key: bytes) -> SigningKeyID:
     """Fingerprint of a raw Ed25519 public key: ``"pk-"`` + 16 hex chars of its sha256."""
-    return "pk-" + hashlib.sha256(public_key).hexdigest()[:16]
+    return SigningKeyID("pk-" + hashlib.sha256(public_key).hexdigest()[:16])
 
 
 def utc_now() -> str:
@@ -73,7 +68,7 @@ class CustodyLog:
     def __repr__(self) -> str:
         return f"CustodyLog({str(self.path)!r})"
 
-    def append(self, event: str, details: dict[str, Any], key_id: str,
+    def append(self, event: str, details: dict[str, Any], signing_key_id: SigningKeyID,
                sign: Callable[[bytes], bytes],
                cosign: Callable[[bytes], bytes] | None = None) -> dict[str, Any]:
         """Sign and append one entry; returns it. Refuses to extend a damaged tail.
@@ -98,15 +93,14 @@ class CustodyLog:
                 seq, prev = last["seq"] + 1, line_hash(canonical_json(last))
                 time = max(time, last["time"])  # a clock stepping back must not break the order
             entry: dict[str, Any] = {"seq": seq, "time": time, "event": event,
-                                     "details": dict(details), "prev": prev, "key_id": key_id}
+                                     "details": dict(details), "prev": prev, "key_id": signing_key_id}
             if cosign is not None:
-                entry["details"]["new_key_signature"] = base64.b64encode(
-                    cosign(canonical_json(entry))).decode("ascii")
-            entry["sig"] = base64.b64encode(sign(canonical_json(entry))).decode("ascii")
+                entry["details"]["new_key_signature"] = b64encode(cosign(canonical_json(entry)))
+            entry["sig"] = b64encode(sign(canonical_json(entry)))
             _write_all(fd, canonical_json(entry) + b"\n")
             os.fsync(fd)
             if not size:
-                _fsync_dir(self.path.parent)
+                fsync_directory(self.path.parent)
             return entry
         finally:
             os.close(fd)  # also releases the lock
@@ -370,11 +364,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -15,18 +15,19 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from keys.keystream import KeyStream
+from shards.common import DatasetKeyID
 
 KEY_BYTES = 32
 SAMPLE_ID_HEX = 24
 _COMMITMENT_MESSAGE = b"patchveil/commitment"
 
 
-def key_id_from_commitment(commitment: str) -> str:
+def dataset_key_id_from_commitment(commitment: str) -> DatasetKeyID:
     """The short public name of a dataset key: ``"pv-"`` + 16 hex chars of sha256(commitment bytes).
 
     An auditor recomputes it from the commitment listed in the public identity.
     """
-    return "pv-" + hashlib.sha256(bytes.fromhex(commitment)).hexdigest()[:16]
+    return DatasetKeyID("pv-" + hashlib.sha256(bytes.fromhex(commitment)).hexdigest()[:16])
 
 
 def _frame(*fields: bytes) -> bytes:
@@ -62,7 +63,7 @@ class DatasetKey:
     ``repr`` and ``str`` name the dataset and key id only; the key is never shown.
     """
 
-    __slots__ = ("dataset_id", "_key", "commitment", "key_id")
+    __slots__ = ("dataset_id", "_key", "commitment", "dataset_key_id")
 
     def __init__(self, dataset_id: str, key: bytes) -> None:
         _text(dataset_id, "dataset id")
@@ -71,10 +72,10 @@ class DatasetKey:
         self.dataset_id = dataset_id
         self._key = bytes(key)
         self.commitment = hmac.new(self._key, _COMMITMENT_MESSAGE, hashlib.sha256).hexdigest()
-        self.key_id = key_id_from_commitment(self.commitment)
+        self.dataset_key_id = dataset_key_id_from_commitment(self.commitment)
 
     def __repr__(self) -> str:
-        return f"DatasetKey(dataset_id={self.dataset_id!r}, key_id={self.key_id!r})"
+        return f"DatasetKey(dataset_id={self.dataset_id!r}, dataset_key_id={self.dataset_key_id!r})"
 
     __str__ = __repr__
 

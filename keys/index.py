@@ -25,9 +25,9 @@ from typing import Any, Mapping
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from keys.custody import canonical_json
 from keys.errors import KeystoreError
 from keys.keystore import atomic_write
+from shards.common import b64encode, canonical_json
 
 INDEX_FORMAT = "patchveil-index/1"
 _NONCE_BYTES = 12
@@ -38,9 +38,9 @@ IndexEntry = dict[str, Any]
 """``{"split": str, "rel_path": str, "view": int}``; view -1 is the centre crop, k >= 0 a keyed view."""
 
 
-def index_path(keystore: Any, key_id: str) -> Path:
+def index_path(keystore: Any, dataset_key_id: str) -> Path:
     """Where the sealed index of one dataset key lives in the keystore folder."""
-    return Path(keystore.directory) / f"index-{key_id}.json"
+    return Path(keystore.directory) / f"index-{dataset_key_id}.json"
 
 
 def save_index(keystore: Any, dataset_id: str, mapping: Mapping[str, IndexEntry]) -> Path:
@@ -50,7 +50,7 @@ def save_index(keystore: Any, dataset_id: str, mapping: Mapping[str, IndexEntry]
     dataset cannot lose each other's entries. Returns the index file's path.
     """
     key = keystore.dataset_key(dataset_id)
-    path = index_path(keystore, key.key_id)
+    path = index_path(keystore, key.dataset_key_id)
     new = {sample_id: _checked_entry(path, sample_id, entry) for sample_id, entry in mapping.items()}
     fd = os.open(keystore.directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -67,18 +67,18 @@ def save_index(keystore: Any, dataset_id: str, mapping: Mapping[str, IndexEntry]
     return path
 
 
-def load_index(keystore: Any, dataset_id: str, key_id: str | None = None) -> dict[str, IndexEntry]:
-    """The dataset's index (``key_id``: the key an older release was made with)."""
-    key = keystore.dataset_key(dataset_id, key_id)
-    path = index_path(keystore, key.key_id)
+def load_index(keystore: Any, dataset_id: str, dataset_key_id: str | None = None) -> dict[str, IndexEntry]:
+    """The dataset's index (``dataset_key_id``: the key an older release was made with)."""
+    key = keystore.dataset_key(dataset_id, dataset_key_id)
+    path = index_path(keystore, key.dataset_key_id)
     if not path.exists():
-        raise KeystoreError(path, f"no sealed index for dataset {dataset_id!r} (key {key.key_id}); "
+        raise KeystoreError(path, f"no sealed index for dataset {dataset_id!r} (key {key.dataset_key_id}); "
                                   "it is written when encrypt-dataset finishes a release")
     return _read(path, key)
 
 
 def _header(key: Any) -> dict[str, str]:
-    return {"format": INDEX_FORMAT, "dataset_id": key.dataset_id, "key_id": key.key_id}
+    return {"format": INDEX_FORMAT, "dataset_id": key.dataset_id, "key_id": key.dataset_key_id}
 
 
 def _seal(key: Any, samples: dict[str, IndexEntry]) -> bytes:
@@ -86,7 +86,7 @@ def _seal(key: Any, samples: dict[str, IndexEntry]) -> bytes:
     nonce = os.urandom(_NONCE_BYTES)
     plaintext = zlib.compress(canonical_json({"samples": samples}), 6)
     sealed = AESGCM(key.subkey("index")).encrypt(nonce, plaintext, canonical_json(header))
-    data = {**header, "nonce": _b64(nonce), "sealed": _b64(sealed)}
+    data = {**header, "nonce": b64encode(nonce), "sealed": b64encode(sealed)}
     return json.dumps(data, sort_keys=True, indent=1).encode("ascii") + b"\n"
 
 
@@ -102,7 +102,7 @@ def _read(path: Path, key: Any) -> dict[str, IndexEntry]:
     header = {k: data[k] for k in ("format", "dataset_id", "key_id")}
     if header != _header(key):
         raise KeystoreError(path, f"sealed index belongs to dataset {data.get('dataset_id')!r} "
-                                  f"key {data.get('key_id')!r}, not {key.dataset_id!r} key {key.key_id}")
+                                  f"key {data.get('key_id')!r}, not {key.dataset_id!r} key {key.dataset_key_id}")
     try:
         nonce = base64.b64decode(data["nonce"], validate=True)
         sealed = base64.b64decode(data["sealed"], validate=True)
@@ -123,7 +123,3 @@ def _checked_entry(path: Path, sample_id: Any, entry: Any) -> IndexEntry:
             or not isinstance(entry["view"], int) or isinstance(entry["view"], bool):
         raise KeystoreError(path, f"sample {sample_id}: index entry needs split, rel_path and view")
     return {"split": entry["split"], "rel_path": entry["rel_path"], "view": entry["view"]}
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")

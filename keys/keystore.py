@@ -40,9 +40,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from keys.custody import IDENTITY_FORMAT, CustodyLog, canonical_json, signing_key_id, utc_now
+from keys.custody import IDENTITY_FORMAT, CustodyLog, signing_key_id, utc_now
 from keys.derive import KEY_BYTES, DatasetKey
 from keys.errors import KeystoreError
+from shards.common import DatasetKeyID, SigningKeyID, atomic_write_bytes, b64encode, canonical_json, fsync_directory
 
 KEYSTORE_FILE = "keystore.json"
 CUSTODY_FILE = "custody.log"
@@ -56,20 +57,8 @@ _RAW_PUBLIC = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` completely or not at all: temp file in the same dir, fsync, rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """`shards.common.atomic_write_bytes` with the keystore's default: private (0600) files."""
+    atomic_write_bytes(path, data, mode)
 
 
 @dataclass(repr=False)
@@ -82,7 +71,7 @@ class _Generation:
     pinned: dict[str, bytes] = field(default_factory=dict)  # dataset id -> dataset key
 
     def __repr__(self) -> str:
-        return f"_Generation(key_id={self.key_id!r}, created={self.created!r})"
+        return f"_Generation(signing_key_id={self.signing_key_id!r}, created={self.created!r})"
 
     def __reduce__(self):
         raise TypeError("keystore secrets cannot be pickled")
@@ -92,7 +81,7 @@ class _Generation:
         return self.signing_key.public_key().public_bytes(*_RAW_PUBLIC)
 
     @property
-    def key_id(self) -> str:
+    def signing_key_id(self) -> SigningKeyID:
         return signing_key_id(self.public_key)
 
     def derive(self, dataset_id: str) -> bytes | None:
@@ -105,9 +94,9 @@ class _Generation:
         private = self.signing_key.private_bytes(serialization.Encoding.Raw,
                                                  serialization.PrivateFormat.Raw,
                                                  serialization.NoEncryption())
-        return {"signing_key": _b64(private), "created": self.created,
-                "master": None if self.master is None else _b64(self.master),
-                "pinned": {k: _b64(v) for k, v in sorted(self.pinned.items())}}
+        return {"signing_key": b64encode(private), "created": self.created,
+                "master": None if self.master is None else b64encode(self.master),
+                "pinned": {k: b64encode(v) for k, v in sorted(self.pinned.items())}}
 
 
 def _new_generation() -> _Generation:
@@ -144,7 +133,7 @@ def create_keystore(directory: str | os.PathLike[str], passphrase: bytes) -> Key
         raise KeystoreError(directory.parent, f"cannot create the keystore here ({exc.strerror})") from None
     try:
         store = Keystore(staging, created, [generation], {}, seal)
-        store.log("key-created", {"public_key": _b64(generation.public_key), "format": KEYSTORE_FORMAT})
+        store.log("key-created", {"public_key": b64encode(generation.public_key), "format": KEYSTORE_FORMAT})
         atomic_write(staging / KEYSTORE_FILE, store._sealed_bytes())
         try:
             os.rename(staging, directory)  # replaces an empty directory; fails on a non-empty one
@@ -153,7 +142,7 @@ def create_keystore(directory: str | os.PathLike[str], passphrase: bytes) -> Key
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(directory.parent)
+    fsync_directory(directory.parent)
     return _open_with_seal(directory, seal)
 
 
@@ -180,8 +169,8 @@ def _open_with_seal(directory: str | os.PathLike[str], seal: _Seal) -> Keystore:
         raise KeystoreError(path, "wrong passphrase, or the file was edited") from None
     generations, destroyed = _parse_secrets(path, plaintext, header)
     current = generations[-1]
-    if current.master is None or _b64(current.public_key) != header["public_key"] \
-            or current.key_id != header["key_id"]:
+    if current.master is None or b64encode(current.public_key) != header["public_key"] \
+            or current.signing_key_id != header["key_id"]:
         raise KeystoreError(path, "sealed secrets do not match the header")
     if not (directory / CUSTODY_FILE).is_file():
         raise KeystoreError(directory / CUSTODY_FILE, "custody log missing")
@@ -220,9 +209,9 @@ class Keystore:
         self._opened_bytes: bytes | None = None
 
     @property
-    def key_id(self) -> str:
-        """Fingerprint of the current signing key."""
-        return self.__generations[-1].key_id
+    def signing_key_id(self) -> SigningKeyID:
+        """Fingerprint of the current signing key (``pk-…``; a dataset key's id is ``pv-…``)."""
+        return self.__generations[-1].signing_key_id
 
     @property
     def public_key(self) -> bytes:
@@ -230,7 +219,7 @@ class Keystore:
         return self.__generations[-1].public_key
 
     def __repr__(self) -> str:
-        return f"Keystore(directory={str(self.directory)!r}, key_id={self.key_id!r})"
+        return f"Keystore(directory={str(self.directory)!r}, signing_key_id={self.signing_key_id!r})"
 
     def __reduce__(self):
         raise TypeError("a Keystore cannot be pickled; pass a DatasetKey to workers instead")
@@ -243,16 +232,17 @@ class Keystore:
         """Append a signed custody entry (after finishing a rotation an interruption left unlogged)."""
         self._finish_rotation()
         current = self.__generations[-1]
-        return self.custody.append(event, details, current.key_id, current.signing_key.sign)
+        return self.custody.append(event, details, current.signing_key_id, current.signing_key.sign)
 
     # -- dataset keys ----------------------------------------------------------------------
 
-    def dataset_key(self, dataset_id: str, key_id: str | None = None, *, log: bool = True) -> DatasetKey:
+    def dataset_key(self, dataset_id: str, dataset_key_id: str | None = None, *,
+                    log: bool = True) -> DatasetKey:
         """The key of a dataset: HKDF-SHA256(master, info="patchveil/dataset/" + id).
 
-        Without ``key_id``: the current generation's key, logging ``dataset-derived`` the first
+        Without ``dataset_key_id``: the current generation's key, logging ``dataset-derived`` the first
         time (``log=False`` defers that: a job logs it only once it signs a release, so a
-        refused job leaves the custody log as it was). With ``key_id`` (an old release's
+        refused job leaves the custody log as it was). With ``dataset_key_id`` (an old release's
         manifest): whichever generation made that key. A destroyed dataset is refused.
         """
         if not isinstance(dataset_id, str) or not dataset_id:
@@ -261,21 +251,21 @@ class Keystore:
             raise KeystoreError(self.directory / KEYSTORE_FILE,
                                 f"dataset {dataset_id!r}: its key was destroyed on "
                                 f"{self.__destroyed[dataset_id]}; nothing made with it can be decrypted")
-        if key_id is not None:
+        if dataset_key_id is not None:
             for generation in reversed(self.__generations):
                 raw = generation.derive(dataset_id)
-                if raw is not None and DatasetKey(dataset_id, raw).key_id == key_id:
+                if raw is not None and DatasetKey(dataset_id, raw).dataset_key_id == dataset_key_id:
                     return DatasetKey(dataset_id, raw)
             raise KeystoreError(self.directory / KEYSTORE_FILE,
-                                f"dataset {dataset_id!r}: no key with id {key_id} in this keystore "
+                                f"dataset {dataset_id!r}: no key with id {dataset_key_id} in this keystore "
                                 "(made by another keystore?)")
         key = DatasetKey(dataset_id, self.__generations[-1].derive(dataset_id))
-        if log and (dataset_id, key.key_id) not in self.__logged:
-            if not any(d["dataset_id"] == dataset_id and d["key_id"] == key.key_id
+        if log and (dataset_id, key.dataset_key_id) not in self.__logged:
+            if not any(d["dataset_id"] == dataset_id and d["key_id"] == key.dataset_key_id
                        for d in self.datasets()):
-                self.log("dataset-derived", {"dataset_id": dataset_id, "key_id": key.key_id,
+                self.log("dataset-derived", {"dataset_id": dataset_id, "key_id": key.dataset_key_id,
                                              "commitment": key.commitment})
-            self.__logged.add((dataset_id, key.key_id))
+            self.__logged.add((dataset_id, key.dataset_key_id))
         return key
 
     def datasets(self) -> list[dict[str, Any]]:
@@ -303,12 +293,12 @@ class Keystore:
 
     def signing_keys(self) -> list[dict[str, str]]:
         """``[{key_id, public_key}]`` of every generation, oldest first (the last is current)."""
-        return [{"key_id": g.key_id, "public_key": _b64(g.public_key)} for g in self.__generations]
+        return [{"key_id": g.signing_key_id, "public_key": b64encode(g.public_key)} for g in self.__generations]
 
     def public_identity(self) -> dict[str, Any]:
         """What an auditor needs and nothing secret: public keys, datasets, the log's current length."""
         self._finish_rotation()
-        public = {"key_id": self.key_id, "public_key": _b64(self.public_key)}
+        public = {"key_id": self.signing_key_id, "public_key": b64encode(self.public_key)}
         return {"format": IDENTITY_FORMAT, **public, "created": self.created,
                 "datasets": self.datasets(), "signing_keys": self.signing_keys(),
                 "custody": self.custody.head()}
@@ -353,10 +343,10 @@ class Keystore:
         for index, old in enumerate(self.__generations):
             gen = _Generation(old.signing_key, old.master, old.created, dict(old.pinned))
             gen.pinned.pop(dataset_id, None)
-            if gen.master is not None and _hkdf_key_id(gen.master, dataset_id) in key_ids:
+            if gen.master is not None and _hkdf_dataset_key_id(gen.master, dataset_id) in key_ids:
                 for d in logged:
                     if d["dataset_id"] != dataset_id and d["dataset_id"] not in gen.pinned \
-                            and _hkdf_key_id(gen.master, d["dataset_id"]) == d["key_id"]:
+                            and _hkdf_dataset_key_id(gen.master, d["dataset_id"]) == d["key_id"]:
                         gen.pinned[d["dataset_id"]] = _hkdf(gen.master, d["dataset_id"])
                 current = index == len(self.__generations) - 1
                 gen.master = os.urandom(KEY_BYTES) if current else None
@@ -365,8 +355,8 @@ class Keystore:
         destroyed = {**self.__destroyed, dataset_id: utc_now()}
         self._reseal(generations, destroyed)
         self.__generations, self.__destroyed = generations, destroyed
-        for key_id in key_ids:
-            (self.directory / f"index-{key_id}.json").unlink(missing_ok=True)
+        for dataset_key_id in key_ids:
+            (self.directory / f"index-{dataset_key_id}.json").unlink(missing_ok=True)
         return self.log("destroyed", {"dataset_id": dataset_id, "key_ids": key_ids,
                                       "masters_erased": erased})
 
@@ -379,14 +369,14 @@ class Keystore:
         if self.__rotation_logged:
             return None
         new = self.__generations[-1]
-        if any(e["event"] == "rotated" and e["details"].get("new_key_id") == new.key_id
+        if any(e["event"] == "rotated" and e["details"].get("new_key_id") == new.signing_key_id
                for e in self.custody.entries()):
             self.__rotation_logged = True
             return None
         old = self.__generations[-2]
-        entry = self.custody.append("rotated", {"old_key_id": old.key_id, "new_key_id": new.key_id,
-                                                "new_public_key": _b64(new.public_key)},
-                                    old.key_id, old.signing_key.sign, cosign=new.signing_key.sign)
+        entry = self.custody.append("rotated", {"old_key_id": old.signing_key_id, "new_key_id": new.signing_key_id,
+                                                "new_public_key": b64encode(new.public_key)},
+                                    old.signing_key_id, old.signing_key.sign, cosign=new.signing_key.sign)
         self.__rotation_logged = True
         return entry
 
@@ -432,16 +422,16 @@ def _seal_keystore(seal: _Seal, created: str, public_key: bytes, secrets: bytes)
         "format": KEYSTORE_FORMAT,
         "created": created,
         "key_id": signing_key_id(public_key),
-        "public_key": _b64(public_key),
-        "kdf": {"name": "scrypt", **SCRYPT_PARAMS, "salt": _b64(seal.salt)},
-        "cipher": {"name": "aes-256-gcm", "nonce": _b64(nonce)},
+        "public_key": b64encode(public_key),
+        "kdf": {"name": "scrypt", **SCRYPT_PARAMS, "salt": b64encode(seal.salt)},
+        "cipher": {"name": "aes-256-gcm", "nonce": b64encode(nonce)},
     }
     sealed = AESGCM(seal.key).encrypt(nonce, secrets, canonical_json(header))
-    return _keystore_bytes({**header, "sealed": _b64(sealed)})
+    return _keystore_bytes({**header, "sealed": b64encode(sealed)})
 
 
-def _hkdf_key_id(master: bytes, dataset_id: str) -> str:
-    return DatasetKey(dataset_id, _hkdf(master, dataset_id)).key_id
+def _hkdf_dataset_key_id(master: bytes, dataset_id: str) -> DatasetKeyID:
+    return DatasetKey(dataset_id, _hkdf(master, dataset_id)).dataset_key_id
 
 
 def _parse_secrets(path: Path, plaintext: bytes,
@@ -518,15 +508,3 @@ def _parse_keystore(path: Path, raw: bytes) -> tuple[dict[str, Any], bytes, byte
         raise KeystoreError(path, "file was edited (not in the form patchveil writes)")
     header = {k: data[k] for k in _HEADER_FIELDS}
     return header, salt, nonce, sealed
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

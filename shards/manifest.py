@@ -10,20 +10,21 @@ does not understand could be shown something other than what was signed.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 import dataclasses
 import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+# canonical_json, atomic_write_bytes, fsync_directory and the name patterns live in
+# shards.common; they stay importable from here for the packages that import them so.
+from shards.common import (SHARD_NAME_PATTERN, DatasetKeyID, SPLIT_PATTERN, atomic_write_bytes, b64decode_canonical,  # noqa: F401
+                           b64encode, canonical_json, fsync_directory)
 from shards.errors import PatchveilError
 from shards.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Sign, verify_signature
 
@@ -35,8 +36,6 @@ STORAGE_FORMATS = ("jpeg", "png")
 TASKS = ("classification", "detection")
 MAX_MANIFEST_BYTES = 64 * 2**20
 
-SPLIT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-SHARD_NAME_PATTERN = re.compile(r"^(?P<split>[A-Za-z0-9][A-Za-z0-9_-]{0,63})-(?P<index>[0-9]{6})\.tar$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -47,52 +46,9 @@ class ManifestError(PatchveilError, ValueError):
     """
 
 
-def canonical_json(obj: Any) -> bytes:
-    """The one byte string a JSON value signs and hashes as: sorted keys, no spaces, ASCII."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
-
-
 def utc_timestamp() -> str:
     """Now, as the ISO 8601 UTC string a manifest's `created` field holds."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, then rename it into place.
-
-    Readers see the old file or the new one, never a half-written one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_directory(path.parent)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename durable (best effort: not every platform can fsync a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # -- field checks: each raises ManifestError naming the field ------------------------------
@@ -151,21 +107,14 @@ def _check_json_value(value: Any, name: str) -> None:
         raise ManifestError(f"{name}: not JSON-serialisable ({e})") from None
 
 
-def _b64encode(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
 def _b64decode(value: Any, name: str, nbytes: int) -> bytes:
     """Decode base64 and insist on the canonical spelling, so one value has one encoding."""
     if not isinstance(value, str):
         raise ManifestError(f"{name}: expected a base64 string, got {_kind(value)}")
     try:
-        raw = base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise ManifestError(f"{name}: not valid base64") from None
-    if len(raw) != nbytes or _b64encode(raw) != value:
-        raise ManifestError(f"{name}: expected {nbytes} bytes in canonical base64")
-    return raw
+        return b64decode_canonical(value, nbytes)
+    except ValueError as exc:
+        raise ManifestError(f"{name}: {exc}") from None
 
 
 def _check_keys(d: Any, name: str, required: set[str], optional: set[str] = frozenset()) -> dict:
@@ -327,7 +276,7 @@ class Manifest:
     num_classes: int
     class_names: list[str] | None
     categories: list[dict] | None
-    key_id: str
+    key_id: DatasetKeyID  # the JSON field's name, kept: signed releases must still load
     tool_version: str
     created: str
     format_version: int = FORMAT_VERSION
@@ -458,6 +407,12 @@ class Manifest:
         """sha256 (hex) of the canonical JSON of the whole signed manifest; custody logs cite it."""
         return hashlib.sha256(canonical_json(self.to_dict())).hexdigest()
 
+    @property
+    def dataset_key_id(self) -> DatasetKeyID:
+        """The id of the dataset key the shards were encrypted with (``pv-…``), never the
+        signing key's (``pk-…``). The field keeps the JSON name `key_id`."""
+        return DatasetKeyID(self.key_id)
+
     # -- signature -------------------------------------------------------------------------
 
     @property
@@ -475,14 +430,14 @@ class Manifest:
         """
         if not isinstance(public_key, (bytes, bytearray)) or len(public_key) != PUBLIC_KEY_BYTES:
             raise ManifestError(f"public_key: an Ed25519 public key is {PUBLIC_KEY_BYTES} raw bytes")
-        unsigned = dataclasses.replace(self, public_key=_b64encode(bytes(public_key)), signature=None)
+        unsigned = dataclasses.replace(self, public_key=b64encode(bytes(public_key)), signature=None)
         data = unsigned.canonical_bytes()
         signature = sign(data)
         if (not isinstance(signature, (bytes, bytearray))
                 or not verify_signature(bytes(public_key), data, bytes(signature))):
             raise ManifestError("signature: the signing callback's signature does not verify "
                                 "under the given public key")
-        return dataclasses.replace(unsigned, signature=_b64encode(bytes(signature)))
+        return dataclasses.replace(unsigned, signature=b64encode(bytes(signature)))
 
     def verify(self, public_key: bytes | None = None) -> None:
         """Raise ManifestError unless the signature holds; return None when it does.

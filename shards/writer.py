@@ -22,7 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Iterator
 
-from shards.manifest import SPLIT_PATTERN, ShardEntry, canonical_json, fsync_directory
+from shards.common import canonical_json, fsync_directory, shard_name  # noqa: F401  (shard_name: re-export)
+from shards.manifest import ShardEntry
 
 KEY_PATTERN = re.compile(r"^[0-9a-f]{8,64}(_v[0-9]{1,6})?$")
 IMAGE_MAGIC = {"jpg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n"}
@@ -44,15 +45,6 @@ def _naming(path: Path) -> Iterator[None]:
         if exc.filename is None and exc.errno is not None:
             exc.filename = os.fspath(path)
         raise
-
-
-def shard_name(split: str, index: int) -> str:
-    """The file name of a split's index-th shard: `{split}-{index:06d}.tar`."""
-    if not isinstance(split, str) or not SPLIT_PATTERN.match(split):
-        raise ValueError(f"split {split!r:.40}: use letters, digits, _ and - (at most 64)")
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= 999_999:
-        raise ValueError(f"shard index {index!r:.20}: expected an integer from 0 to 999999")
-    return f"{split}-{index:06d}.tar"
 
 
 class _HashingFile:

@@ -100,9 +100,9 @@ def reissue(owner: Owner, out: Path, log: Path, **changes) -> Manifest:
     new = dataclasses.replace(manifest, splits=splits, public_key=None, signature=None, **changes) \
         .signed(owner.store.sign, owner.store.public_key)
     new.save(out / "manifest.json")
-    CustodyLog(log).append("used-for-job", {"dataset_id": new.dataset_id, "key_id": new.key_id,
+    CustodyLog(log).append("used-for-job", {"dataset_id": new.dataset_id, "key_id": new.dataset_key_id,
                                             "manifest_digest": new.digest()},
-                           owner.store.key_id, owner.store.sign)
+                           owner.store.signing_key_id, owner.store.sign)
     return new
 
 

@@ -87,11 +87,11 @@ def test_info_shows_identity_and_datasets(store_copy):
     dataset = store.dataset_key("fmnist")
     text = run("info", "--keystore", str(store_copy))
     assert text.exit_code == 0
-    assert f"key id      {store.key_id}" in text.stdout and f"created     {store.created}" in text.stdout
-    assert f"fmnist  {dataset.key_id}" in text.stdout
+    assert f"key id      {store.signing_key_id}" in text.stdout and f"created     {store.created}" in text.stdout
+    assert f"fmnist  {dataset.dataset_key_id}" in text.stdout
     as_json = run("info", "--json", env={"PATCHVEIL_KEYSTORE": str(store_copy)})
     info = json.loads(as_json.stdout)
-    assert info["key_id"] == store.key_id and info["created"] == store.created
+    assert info["key_id"] == store.signing_key_id and info["created"] == store.created
     assert [d["dataset_id"] for d in info["datasets"]] == ["fmnist"]
 
 
@@ -101,7 +101,7 @@ def test_export_public_writes_what_an_auditor_needs_and_logs_it(store_copy, tmp_
     assert result.exit_code == 0, result.output
     identity = read_identity(out)
     store = open_keystore(store_copy, PASSPHRASE.encode())
-    assert identity["key_id"] == store.key_id
+    assert identity["key_id"] == store.signing_key_id
     last = store.custody.entries()[-1]
     assert last["event"] == "exported-public"
     assert last["details"]["identity_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()

@@ -9,7 +9,7 @@ from pathlib import Path, PureWindowsPath
 import pytest
 
 from conftest import SAMPLE_DIR
-from keys.derive import DatasetKey, key_id_from_commitment, normalise_path
+from keys.derive import DatasetKey, dataset_key_id_from_commitment, normalise_path
 
 KEY = hashlib.sha256(b"patchveil test dataset key").digest()
 OTHER_KEY = hashlib.sha256(b"another dataset key").digest()
@@ -30,8 +30,8 @@ def _frame(*fields: bytes) -> bytes:
 def test_derivations_follow_the_documented_formulas():
     key = DatasetKey("fmnist", KEY)
     assert key.commitment == hmac.new(KEY, b"patchveil/commitment", hashlib.sha256).hexdigest()
-    assert key.key_id == "pv-" + hashlib.sha256(bytes.fromhex(key.commitment)).hexdigest()[:16]
-    assert key.key_id == key_id_from_commitment(key.commitment)
+    assert key.dataset_key_id == "pv-" + hashlib.sha256(bytes.fromhex(key.commitment)).hexdigest()[:16]
+    assert key.dataset_key_id == dataset_key_id_from_commitment(key.commitment)
     seed = hmac.new(KEY, _frame(b"seed", b"train", b"abc", (2).to_bytes(4, "big")), hashlib.sha256).digest()
     assert key.sample_seed("train", "abc", view=2) == seed
     sid = hmac.new(KEY, _frame(b"id", b"train/bag/x.png"), hashlib.sha256).hexdigest()[:24]
@@ -119,7 +119,7 @@ def test_subkeys_are_independent_per_purpose():
 def test_repr_and_str_never_show_the_key():
     key = DatasetKey("fmnist", KEY)
     for text in (repr(key), str(key), f"{key}"):
-        assert KEY.hex()[:12] not in text and "fmnist" in text and key.key_id in text
+        assert KEY.hex()[:12] not in text and "fmnist" in text and key.dataset_key_id in text
 
 
 def test_a_pickled_key_derives_the_same_permutations():

@@ -59,7 +59,7 @@ def test_the_job_indexes_every_written_sample_and_only_those(release):
 
 def test_index_file_is_private_sealed_and_names_nothing(release):
     store, out, files = release
-    path = index_path(store, load_manifest(out).key_id)
+    path = index_path(store, load_manifest(out).dataset_key_id)
     assert path.parent == store.directory
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     raw = path.read_bytes()
@@ -71,7 +71,7 @@ def test_index_file_is_private_sealed_and_names_nothing(release):
 
 @pytest.mark.parametrize("field", ["sealed", "nonce", "dataset_id"])
 def test_an_edited_index_is_refused_naming_the_file(store_copy, field):
-    path = index_path(store_copy, store_copy.dataset_key(DATASET).key_id)
+    path = index_path(store_copy, store_copy.dataset_key(DATASET).dataset_key_id)
     data = json.loads(path.read_bytes())
     if field == "dataset_id":
         data[field] = "someone-else"
@@ -86,22 +86,22 @@ def test_an_edited_index_is_refused_naming_the_file(store_copy, field):
 
 
 def test_another_datasets_key_cannot_open_it(store_copy):
-    source = index_path(store_copy, store_copy.dataset_key(DATASET).key_id)
+    source = index_path(store_copy, store_copy.dataset_key(DATASET).dataset_key_id)
     other = store_copy.dataset_key("fm-other")
-    shutil.copyfile(source, index_path(store_copy, other.key_id))
+    shutil.copyfile(source, index_path(store_copy, other.dataset_key_id))
     with pytest.raises(KeystoreError, match="belongs to dataset 'fm-index'"):
         load_index(store_copy, "fm-other")
 
 
 def test_truncated_index_is_refused(store_copy):
-    path = index_path(store_copy, store_copy.dataset_key(DATASET).key_id)
+    path = index_path(store_copy, store_copy.dataset_key(DATASET).dataset_key_id)
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(KeystoreError, match="not valid JSON"):
         load_index(store_copy, DATASET)
 
 
 def test_save_adds_to_the_index_and_refuses_a_conflict_changing_nothing(store_copy):
-    path = index_path(store_copy, store_copy.dataset_key(DATASET).key_id)
+    path = index_path(store_copy, store_copy.dataset_key(DATASET).dataset_key_id)
     index = load_index(store_copy, DATASET)
     extra_id = store_copy.dataset_key(DATASET).sample_id("train/coat/added-later.png")
     save_index(store_copy, DATASET, {extra_id: {"split": "train", "rel_path": "train/coat/added-later.png",

@@ -55,8 +55,8 @@ def _assert_refused(directory: Path, passphrase: bytes, match: str) -> KeystoreE
 
 def test_round_trip_keeps_keys_and_derivations(store_dir, store):
     again = open_keystore(store_dir, PASSPHRASE)
-    assert (again.key_id, again.public_key, again.created) == (store.key_id, store.public_key, store.created)
-    assert store.key_id.startswith("pk-") and len(store.public_key) == 32
+    assert (again.signing_key_id, again.public_key, again.created) == (store.signing_key_id, store.public_key, store.created)
+    assert store.signing_key_id.startswith("pk-") and len(store.public_key) == 32
     assert store.created.endswith("Z")
     perm = store.dataset_key("fmnist").permutation(196, "train", "0123abcd")
     assert again.dataset_key("fmnist").permutation(196, "train", "0123abcd") == perm
@@ -156,14 +156,14 @@ def test_dataset_keys_are_logged_once_and_listed(store_copy):
     a = first.dataset_key("imagenet-2012")
     first.dataset_key("imagenet-2012")
     b = first.dataset_key("coco-2017")
-    assert a.key_id != b.key_id
+    assert a.dataset_key_id != b.dataset_key_id
     assert a.permutation(196, "train", "x") != b.permutation(196, "train", "x")
     reopened = open_keystore(store_copy, PASSPHRASE)
-    assert reopened.dataset_key("imagenet-2012").key_id == a.key_id
+    assert reopened.dataset_key("imagenet-2012").dataset_key_id == a.dataset_key_id
     derived = [e for e in reopened.custody.entries() if e["event"] == "dataset-derived"]
     assert [e["details"]["dataset_id"] for e in derived].count("imagenet-2012") == 1
     listed = {d["dataset_id"]: d for d in reopened.datasets()}
-    assert listed["imagenet-2012"]["key_id"] == a.key_id
+    assert listed["imagenet-2012"]["key_id"] == a.dataset_key_id
     assert listed["coco-2017"]["commitment"] == b.commitment
 
 
@@ -174,7 +174,7 @@ def test_public_identity_verifies_the_log_and_holds_no_secret(store_copy, tmp_pa
     identity = owner.public_identity()
     assert set(identity) == {"format", "key_id", "public_key", "created", "datasets",
                              "signing_keys", "custody"}
-    assert [d["key_id"] for d in identity["datasets"]] == [dataset.key_id]
+    assert [d["key_id"] for d in identity["datasets"]] == [dataset.dataset_key_id]
     text = json.dumps(identity)
     assert PASSPHRASE.decode() not in text
     assert dataset.sample_seed("train", "x").hex() not in text

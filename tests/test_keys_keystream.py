@@ -129,7 +129,8 @@ def test_keys_never_imports_random_or_numpy_and_only_allowed_packages():
     for module in modules:
         imported = _imports(module)
         assert not imported & {"random", "numpy"}, (module.name, imported)
-        # shards: only its stdlib-level error root and CLI plumbing (tests/test_layering.py pins which)
+        # shards: only its stdlib-level error root, CLI plumbing and utilities
+        # (shards.errors, shards.console, shards.common; tests/test_layering.py pins which)
         allowed = {"cryptography", "keys", "shards"} | ({"click"} if module.name == "cli.py" else set())
         third_party = {name for name in imported if name not in sys.stdlib_module_names}
         assert third_party <= allowed, (module.name, third_party)

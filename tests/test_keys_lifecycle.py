@@ -65,39 +65,39 @@ def sealed_secrets(directory: Path, passphrase: str) -> dict:
 # -- rotation ------------------------------------------------------------------------------
 
 def test_rotation_keeps_old_keys_and_both_keys_sign_the_hand_over(store, store_dir):
-    old_id, old_public = store.key_id, store.public_key
+    old_id, old_public = store.signing_key_id, store.public_key
     a_before = store.dataset_key("fm-a")
     entry = store.rotate()
     assert entry["event"] == "rotated" and entry["key_id"] == old_id
-    assert entry["details"]["old_key_id"] == old_id and entry["details"]["new_key_id"] == store.key_id
-    assert store.key_id != old_id and store.public_key != old_public
+    assert entry["details"]["old_key_id"] == old_id and entry["details"]["new_key_id"] == store.signing_key_id
+    assert store.signing_key_id != old_id and store.public_key != old_public
 
     # old releases still decrypt: the old dataset key is found by its key id; new ones get a new key
-    assert store.dataset_key("fm-a", key_id=a_before.key_id).permutation(64, "train", "ab" * 12) == \
+    assert store.dataset_key("fm-a", dataset_key_id=a_before.dataset_key_id).permutation(64, "train", "ab" * 12) == \
         a_before.permutation(64, "train", "ab" * 12)
     a_after = store.dataset_key("fm-a")
-    assert a_after.key_id != a_before.key_id
+    assert a_after.dataset_key_id != a_before.dataset_key_id
     reopened = open_keystore(store_dir, PASSPHRASE.encode())
-    assert reopened.key_id == store.key_id
-    assert [k["key_id"] for k in reopened.signing_keys()] == [old_id, store.key_id]
-    assert reopened.dataset_key("fm-a", key_id=a_before.key_id).key_id == a_before.key_id
+    assert reopened.signing_key_id == store.signing_key_id
+    assert [k["key_id"] for k in reopened.signing_keys()] == [old_id, store.signing_key_id]
+    assert reopened.dataset_key("fm-a", dataset_key_id=a_before.dataset_key_id).dataset_key_id == a_before.dataset_key_id
     assert {(d["dataset_id"], d["key_id"]) for d in reopened.datasets()} >= \
-        {("fm-a", a_before.key_id), ("fm-a", a_after.key_id)}
+        {("fm-a", a_before.dataset_key_id), ("fm-a", a_after.dataset_key_id)}
 
     # an auditor holding only the pre-rotation identity follows the chain to the new key
     report = verify_chain(store_dir / "custody.log", root_identity(store))
     assert report.ok, report.problems
-    assert report.active_key_id == store.key_id
-    assert report.signing_keys[store.key_id] == store.public_key
-    assert [e["key_id"] for e in report.entries][-1] == store.key_id  # dataset-derived by the new key
+    assert report.active_key_id == store.signing_key_id
+    assert report.signing_keys[store.signing_key_id] == store.public_key
+    assert [e["key_id"] for e in report.entries][-1] == store.signing_key_id  # dataset-derived by the new key
 
 
 def test_identity_after_rotation_lists_every_signing_key(store):
-    old_id = store.key_id
+    old_id = store.signing_key_id
     store.rotate()
     identity = store.public_identity()
-    assert [k["key_id"] for k in identity["signing_keys"]] == [old_id, store.key_id]
-    assert identity["key_id"] == store.key_id
+    assert [k["key_id"] for k in identity["signing_keys"]] == [old_id, store.signing_key_id]
+    assert identity["key_id"] == store.signing_key_id
     assert verify_chain(store.custody.path, identity).ok
 
 
@@ -135,7 +135,7 @@ def test_a_rotation_to_a_key_the_rotator_does_not_hold_is_refused(tmp_path):
 
 
 def test_an_interrupted_rotation_is_logged_by_the_next_write(store, store_dir, monkeypatch):
-    old_id = store.key_id
+    old_id = store.signing_key_id
     real_append = CustodyLog.append
 
     def crash_on_rotated(self, event, *args, **kwargs):
@@ -148,24 +148,24 @@ def test_an_interrupted_rotation_is_logged_by_the_next_write(store, store_dir, m
         store.rotate()
     monkeypatch.setattr(CustodyLog, "append", real_append)
     reopened = open_keystore(store_dir, PASSPHRASE.encode())
-    assert reopened.key_id != old_id  # the new key was sealed before the log entry
+    assert reopened.signing_key_id != old_id  # the new key was sealed before the log entry
     assert "rotated" not in [e["event"] for e in reopened.custody.entries()]
     reopened.log("exported-public", {"identity_sha256": "00" * 32})
     events = [(e["event"], e["key_id"]) for e in reopened.custody.entries()[-2:]]
-    assert events == [("rotated", old_id), ("exported-public", reopened.key_id)]
+    assert events == [("rotated", old_id), ("exported-public", reopened.signing_key_id)]
     assert verify_chain(store_dir / "custody.log", root_identity(reopened)).ok
 
 
 # -- passphrase ----------------------------------------------------------------------------
 
 def test_change_passphrase_reseals_the_same_keys(store, store_dir):
-    before = store.dataset_key("fm-b").key_id
+    before = store.dataset_key("fm-b").dataset_key_id
     salt_before = json.loads((store_dir / KEYSTORE_FILE).read_bytes())["kdf"]["salt"]
     store.change_passphrase(NEW_PASSPHRASE.encode())
     with pytest.raises(KeystoreError, match="wrong passphrase"):
         open_keystore(store_dir, PASSPHRASE.encode())
     reopened = open_keystore(store_dir, NEW_PASSPHRASE.encode())
-    assert reopened.key_id == store.key_id and reopened.dataset_key("fm-b").key_id == before
+    assert reopened.signing_key_id == store.signing_key_id and reopened.dataset_key("fm-b").dataset_key_id == before
     assert json.loads((store_dir / KEYSTORE_FILE).read_bytes())["kdf"]["salt"] != salt_before
     assert reopened.custody.entries()[-1]["event"] == "passphrase-changed"
     text = (store_dir / KEYSTORE_FILE).read_text() + (store_dir / "custody.log").read_text()
@@ -187,31 +187,31 @@ def test_destroy_crypto_erases_one_dataset_and_keeps_the_others(store, store_dir
     a1, b1 = store.dataset_key("fm-a"), store.dataset_key("fm-b")
     store.rotate()
     a2, c2 = store.dataset_key("fm-a"), store.dataset_key("fm-c")
-    assert index_path(store, a1.key_id).exists()
+    assert index_path(store, a1.dataset_key_id).exists()
 
     entry = store.destroy("fm-a")
     assert entry["event"] == "destroyed"
-    assert entry["details"] == {"dataset_id": "fm-a", "key_ids": sorted([a1.key_id, a2.key_id]),
+    assert entry["details"] == {"dataset_id": "fm-a", "key_ids": sorted([a1.dataset_key_id, a2.dataset_key_id]),
                                 "masters_erased": 2}
-    for key_id in (None, a1.key_id, a2.key_id):
+    for key_id in (None, a1.dataset_key_id, a2.dataset_key_id):
         with pytest.raises(KeystoreError, match="'fm-a': its key was destroyed on"):
-            store.dataset_key("fm-a", key_id=key_id)
-    assert not index_path(store, a1.key_id).exists()
+            store.dataset_key("fm-a", dataset_key_id=key_id)
+    assert not index_path(store, a1.dataset_key_id).exists()
 
     reopened = open_keystore(store_dir, PASSPHRASE.encode())
     with pytest.raises(KeystoreError, match="destroyed"):
         reopened.dataset_key("fm-a")
     # the other datasets keep exactly their keys, old generation and current
-    assert reopened.dataset_key("fm-b", key_id=b1.key_id).commitment == b1.commitment
+    assert reopened.dataset_key("fm-b", dataset_key_id=b1.dataset_key_id).commitment == b1.commitment
     assert reopened.dataset_key("fm-c").commitment == c2.commitment
-    assert reopened.dataset_key("fm-new").key_id not in {a1.key_id, a2.key_id}
+    assert reopened.dataset_key("fm-new").dataset_key_id not in {a1.dataset_key_id, a2.dataset_key_id}
 
     # and nothing left in the sealed file can derive fm-a's keys again
     secrets = sealed_secrets(store_dir, PASSPHRASE)
     masters = [base64.b64decode(g["master"]) for g in secrets["generations"] if g["master"]]
     assert len(masters) == 1  # the old generation's master is gone; the current one is fresh
-    derived = {DatasetKey("fm-a", keystore_module._hkdf(m, "fm-a")).key_id for m in masters}
-    assert not derived & {a1.key_id, a2.key_id}
+    derived = {DatasetKey("fm-a", keystore_module._hkdf(m, "fm-a")).dataset_key_id for m in masters}
+    assert not derived & {a1.dataset_key_id, a2.dataset_key_id}
     assert all("fm-a" not in g["pinned"] for g in secrets["generations"])
     assert secrets["destroyed"].keys() == {"fm-a"}
     assert verify_chain(store_dir / "custody.log", root_identity(reopened)).ok
@@ -259,12 +259,12 @@ def test_a_format_1_keystore_opens_and_upgrades_on_the_first_change(tmp_path, st
     CustodyLog(old / "custody.log").append("key-created", {}, header["key_id"], signing_key.sign)
 
     store = open_keystore(old, PASSPHRASE.encode())
-    expected = DatasetKey("fm-old", keystore_module._hkdf(master, "fm-old")).key_id
-    assert store.dataset_key("fm-old").key_id == expected
+    expected = DatasetKey("fm-old", keystore_module._hkdf(master, "fm-old")).dataset_key_id
+    assert store.dataset_key("fm-old").dataset_key_id == expected
     store.rotate()
     assert json.loads((old / KEYSTORE_FILE).read_bytes())["format"] == "patchveil-keystore/2"
     reopened = open_keystore(old, PASSPHRASE.encode())
-    assert reopened.dataset_key("fm-old", key_id=expected).key_id == expected
+    assert reopened.dataset_key("fm-old", dataset_key_id=expected).dataset_key_id == expected
 
 
 # -- the command line ----------------------------------------------------------------------
@@ -286,7 +286,7 @@ def one_line_error(result: Result) -> str:
 
 
 def test_cli_rotate_then_log_verify_and_info(store_dir):
-    before = open_keystore(store_dir, PASSPHRASE.encode()).key_id
+    before = open_keystore(store_dir, PASSPHRASE.encode()).signing_key_id
     result = run("rotate", "--keystore", str(store_dir))
     assert result.exit_code == 0, result.output
     assert f"rotated: {before} retired" in result.stdout and "export-public" in result.stdout

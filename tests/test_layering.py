@@ -21,8 +21,9 @@ ALLOWED = {
     "audit": {"keys", "shards", "encrypt", "numpy", "PIL", "scipy", "skimage", "click", "tqdm",
               "torch", "timm"},
 }
-# keys sits below the contract: it may use only the stdlib-level error root and CLI plumbing.
-KEYS_MAY_USE_FROM_SHARDS = {"shards.errors", "shards.console"}
+# keys sits below the contract: it may use only the stdlib-level error root, CLI plumbing
+# and utilities (atomic writes, canonical JSON, base64).
+KEYS_MAY_USE_FROM_SHARDS = {"shards.errors", "shards.console", "shards.common"}
 
 
 def imported_modules(source: str) -> list[tuple[int, str]]:

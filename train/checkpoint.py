@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ import numpy as np
 import torch
 
 from train.errors import TrainError
-from shards.manifest import CipherSpec, Manifest, fsync_directory
+from shards.common import atomic_writer
+from shards.manifest import CipherSpec, Manifest
 
 __all__ = [
     "CheckpointError",
@@ -43,22 +43,9 @@ class CheckpointError(TrainError):
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """`torch.save` to a temporary name in the same folder, fsync, rename into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # nothing secret inside; mkstemp's 0600 would lock out the team
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_directory(path.parent)
+    # 0644: nothing secret inside; a private temp file's 0600 would lock out the team.
+    with atomic_writer(path, 0o644) as f:
+        torch.save({"format": FORMAT, **state}, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -81,7 +68,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def release_record(manifest: Manifest) -> dict[str, Any]:
     """What a checkpoint remembers about the release it was trained on."""
     return {"cipher": manifest.cipher.to_dict(), "num_classes": manifest.num_classes,
-            "dataset_id": manifest.dataset_id, "key_id": manifest.key_id,
+            "dataset_id": manifest.dataset_id, "key_id": manifest.dataset_key_id,
             "manifest_digest": manifest.digest(), "encrypted": manifest.cipher.encrypted}
 
 

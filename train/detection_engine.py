@@ -37,8 +37,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
+from shards.common import atomic_write_bytes
 from shards.console import progress_bar
-from shards.manifest import atomic_write_bytes
 from train.box_ops import cxcywh_to_xyxy
 from train.checkpoint import (
     CheckpointError,

@@ -38,8 +38,8 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm import tqdm
 
+from shards.common import atomic_write_bytes
 from shards.console import progress_bar
-from shards.manifest import atomic_write_bytes
 from train.errors import RunDiverged, TrainError
 from train.checkpoint import (
     CheckpointError,
