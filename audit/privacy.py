@@ -6,6 +6,10 @@ Two ways in:
 - an owner's release (`--shards OUT --keystore DIR --source SRC`): the stored images are
   attacked as an ML engineer holds them, and the owner's key says what the truth was.
 
+Either way the originals come from the encryptor's own `encrypt.prepare.prepare_pixels` (EXIF
+turn, alpha, palette, resampling, crop), so every score compares against the picture the
+cipher really saw.
+
 Attacks per mode (each only where it applies): `jigsaw` (the greedy solver; the oriented
 solver for `-orient` modes; tiles of at least 3 px), `learned` (position-predicting ViT
 trained here on public photos; for `-orient` modes it also names each tile's turn),
@@ -22,6 +26,7 @@ in a temporary folder beside REPORT and renamed into place when complete.
 from __future__ import annotations
 
 import html
+import io
 import json
 import os
 import shutil
@@ -33,7 +38,7 @@ from typing import Any
 
 import click
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from audit.attacks.inversion import deconvolve
 from audit.attacks.jigsaw import reconstruct
@@ -42,12 +47,14 @@ from audit.attacks.oriented import (draw, oriented_neighbour_accuracy, reconstru
 from audit.metrics import direct_accuracy, neighbour_accuracy, psnr, reidentification, ssim
 from encrypt.ciphers import (ALL_MODES, ORIENTED_MODES, encrypt_image, keyed_orientations,
                              orientation_length, permutation_length, shuffle, stored_size)
+from encrypt.prepare import DecodeError, prepare_pixels
 from audit.errors import AuditError
 from shards.console import Command
 
 ATTACKS = ("jigsaw", "learned", "inversion")
 BUILTIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+MIN_AUDIT_SIDE = 16  # px: a smaller source holds too little to attack
 
 __all__ = ["ATTACKS", "Case", "PrivacyError", "attack_cases", "builtin_images", "cases_from_release",
            "encrypt_cases", "load_images", "privacy_command", "write_report"]
@@ -73,50 +80,39 @@ class Case:
 
 # -- images in ---------------------------------------------------------------------------------
 
-def centre_square(img: np.ndarray, size: int, resize: int | None = None) -> np.ndarray:
-    """Shorter side to `resize` (default: size), then the centre size×size crop (bicubic)."""
-    pil = Image.fromarray(img)
-    target = resize or size
-    scale = target / min(pil.size)
-    pil = pil.resize((max(size, round(pil.width * scale)), max(size, round(pil.height * scale))),
-                     Image.Resampling.BICUBIC)
-    left, top = (pil.width - size) // 2, (pil.height - size) // 2
-    return np.asarray(pil.crop((left, top, left + size, top + size)))
+def _png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def builtin_images(size: int) -> list[tuple[str, np.ndarray]]:
-    """The scikit-image photos the project's audits use, RGB, centre-cropped to size."""
+    """The scikit-image photos the project's audits use, RGB, prepared as the job would (resize = size)."""
     from skimage import data
 
-    out = []
-    for name in BUILTIN_PHOTOS:
-        img = np.asarray(getattr(data, name)())
-        if img.ndim == 2:
-            img = np.stack([img] * 3, axis=-1)
-        out.append((name, centre_square(np.ascontiguousarray(img[..., :3]), size)))
-    return out
+    return [(name, prepare_pixels(_png(np.asarray(getattr(data, name)())), size=size, resize=size, channels=3))
+            for name in BUILTIN_PHOTOS]
 
 
 def load_images(folder: Path, size: int, limit: int) -> list[tuple[str, np.ndarray]]:
-    """Up to `limit` images of a folder (sorted by name), RGB, centre-cropped to size."""
+    """Up to `limit` images of a folder (sorted by name), RGB, prepared as the job would (resize = size)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise PrivacyError(f"{folder}: not a folder of images")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise PrivacyError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    out = []
-    for path in files[:limit]:
-        try:
-            with Image.open(path) as im:
-                im.load()
-                rgb = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise PrivacyError(f"{path}: not a readable image ({type(exc).__name__})") from None
-        if min(rgb.shape[:2]) < 16:
-            raise PrivacyError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} is too small to audit")
-        out.append((path.name, centre_square(rgb, size)))
-    return out
+    return [(path.name, _original(path, size, size, 3, min_side=MIN_AUDIT_SIDE)) for path in files[:limit]]
+
+
+def _original(path: Path, size: int, resize: int, channels: int, min_side: int = 0) -> np.ndarray:
+    """What the cipher saw of this file: the encryptor's own `prepare_pixels`, errors as PrivacyError."""
+    try:
+        return prepare_pixels(path, size=size, resize=resize, channels=channels, min_side=min_side)
+    except DecodeError as exc:
+        reason = str(exc)
+        raise PrivacyError(f"{path}: {reason}" if reason.startswith("too small")
+                           else f"{path}: not a readable image ({reason})") from None
 
 
 def encrypt_cases(images: list[tuple[str, np.ndarray]], mode: str, patch: int, sub_patch: int | None,
@@ -164,17 +160,9 @@ def cases_from_release(shards: Path, keystore, source: Path, limit: int, resize:
             if entry.get("view", -1) >= 0:
                 continue  # a keyed random crop: its original geometry cannot be redrawn here
             path = Path(source) / entry["rel_path"]
-            try:
-                with Image.open(path) as im:
-                    im.load()
-                    plain = np.asarray(im.convert("RGB" if cipher.channels == 3 else "L"))
-            except FileNotFoundError:
-                raise PrivacyError(f"{path}: source image of sample {sample.key} not found under --source") from None
-            except (UnidentifiedImageError, OSError) as exc:
-                raise PrivacyError(f"{path}: not a readable image ({type(exc).__name__})") from None
-            original = centre_square(plain, h, resize or round(h * 8 / 7))  # encrypt-dataset's default
-            if original.ndim == 2:
-                original = original[..., None]
+            if not path.is_file():
+                raise PrivacyError(f"{path}: source image of sample {sample.key} not found under --source")
+            original = _original(path, h, resize or round(h * 8 / 7), cipher.channels)  # encrypt-dataset's default
             perm = np.asarray(key.permutation(n, split, sample.key)) if n else None
             orientations = keyed_orientations(key, turns, split, sample.key) if turns else None
             cases.append(Case(sample.key, original, sample.image, perm, orientations))

@@ -197,10 +197,10 @@ def section_accuracy(data, recognizer, args) -> dict:
 # -- photos ------------------------------------------------------------------------------------
 
 def _colour_public(size: int) -> np.ndarray:
-    from audit.privacy import centre_square
+    from encrypt.geometry import resize_center_crop
 
     photos = [p for p in public_photos() if min(p.shape[:2]) >= size and np.ptp(p.astype(int)[..., 0] - p[..., 2]) > 0]
-    return np.stack([centre_square(p, size) for p in photos])
+    return np.stack([resize_center_crop(p, size, size) for p in photos])
 
 
 def section_photos(args) -> dict:

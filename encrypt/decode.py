@@ -7,6 +7,7 @@ error, not a warning.
 """
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -33,14 +34,14 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
-def decode_image(path: Path, channels: int = 3) -> np.ndarray:
-    """Return H×W×channels uint8 pixels of the file, upright and without metadata."""
+def decode_image(source: Path | bytes, channels: int = 3) -> np.ndarray:
+    """Return H×W×channels uint8 pixels of the file (or its bytes), upright and without metadata."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 img = _to_mode(img, channels)

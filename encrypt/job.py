@@ -15,10 +15,11 @@ import numpy as np
 
 from encrypt.ciphers import (encrypt_image, keyed_orientations, orientation_length, permutation_length,
                              stored_size)
-from encrypt.decode import DecodeError, decode_image
+from encrypt.decode import DecodeError
 from encrypt.encode import encode_image, extension
-from encrypt.geometry import letterbox, random_resized_crop, resize_center_crop
+from encrypt.geometry import letterbox, random_resized_crop
 from encrypt.plan import JobSettings, PlannedSample, ShardTask
+from encrypt.prepare import decode_source, prepare_pixels
 from encrypt.sources import Skipped
 from shards.manifest import ShardEntry
 from shards.writer import ShardWriter
@@ -34,19 +35,22 @@ class ShardResult:
     peak_rss_mb: float = 0.0  # of the worker process that wrote the shard
 
 
-def prepare_pixels(sample: PlannedSample, settings: JobSettings, dataset_key) -> tuple[np.ndarray, dict | None, list[str]]:
-    """Decode and shape one sample; returns (pixels, detection meta or None, notes)."""
+def prepare_sample(sample: PlannedSample, settings: JobSettings, dataset_key) -> tuple[np.ndarray, dict | None, list[str]]:
+    """Decode and shape one sample; returns (pixels, detection meta or None, notes).
+
+    Centre crops go through `prepare_pixels`, the function the privacy audit takes its
+    originals from, so the two cannot drift apart.
+    """
     item = sample.item
-    pixels = decode_image(item.path, settings.channels)
-    h, w = pixels.shape[:2]
-    if min(h, w) < settings.min_side:
-        raise DecodeError(f"too small: {w}x{h}, shorter side under {settings.min_side}")
+    if settings.task != "detection" and sample.view < 0:
+        pixels = prepare_pixels(item.path, size=settings.size, resize=settings.resize,
+                                channels=settings.channels, min_side=settings.min_side)
+        return pixels, None, []
+    pixels = decode_source(item.path, settings.channels, settings.min_side)
     if settings.task == "detection":
         return _letterbox_with_objects(pixels, item.annotation or {}, settings)
-    if sample.view >= 0:
-        rng = dataset_key.stream("crop/" + item.split, sample.key)
-        return random_resized_crop(pixels, settings.size, rng), None, []
-    return resize_center_crop(pixels, settings.resize, settings.size), None, []
+    rng = dataset_key.stream("crop/" + item.split, sample.key)
+    return random_resized_crop(pixels, settings.size, rng), None, []
 
 
 def _letterbox_with_objects(pixels: np.ndarray, annotation: dict, settings: JobSettings):
@@ -93,7 +97,7 @@ def encrypt_shard(task: ShardTask, settings: JobSettings, dataset_key, out_dir: 
         for sample in task.samples:
             item = sample.item
             try:
-                pixels, meta, notes = prepare_pixels(sample, settings, dataset_key)
+                pixels, meta, notes = prepare_sample(sample, settings, dataset_key)
             except DecodeError as exc:
                 skipped.append(Skipped(item.split, item.rel_path, str(exc)))
                 continue

@@ -78,6 +78,7 @@ def test_exif_rotation_is_applied(tmp_path):
     out = decode_image(p)
     assert out.shape == (80, 40, 3)
     assert out[:30].mean() > 200 and out[50:].mean() < 50  # the white half is now on top
+    assert np.array_equal(decode_image(p.read_bytes()), out)  # bytes decode the same (the audit's builtin photos)
 
 
 def test_text_file_named_jpg(tmp_path):
