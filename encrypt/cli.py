@@ -232,6 +232,8 @@ def forget(out, keystore, passphrase_file, paths, quiet):
         click.echo(f"nothing to remove: the {summary.already_absent} sample(s) of these paths are "
                    f"not in {out}; manifest unchanged")
         return
+    if summary.resumed:
+        click.echo("finished the forget that a crash had interrupted:")
     click.echo(f"removed {summary.removed} sample(s); rewrote {len(summary.shards_rewritten)} shard(s)"
                + (f", dropped {len(summary.shards_dropped)} now-empty shard(s)" if summary.shards_dropped else "")
                + f"; manifest version {summary.version} ({summary.manifest_digest[:16]}…) replaces "

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from encrypt.ciphers import decrypt_image, keyed_orientations, orientation_length, permutation_length
+from encrypt.lock import holds_release
 from encrypt.sources import InputError
 from keys.errors import KeystoreError
 from keys.index import load_index
@@ -74,6 +75,7 @@ def check_shard_digests(out_dir: Path, manifest: Manifest, names: Iterable[str] 
                                  "run audit-shards verify")
 
 
+@holds_release
 def decrypt_release(out_dir: Path, dest: Path, keystore, *, ids: Iterable[str] | None = None,
                     progress: bool = True) -> DecryptSummary:
     """Write the decrypted images of a release (or of the samples `ids`) under `dest`."""
@@ -108,6 +110,9 @@ def decrypt_release(out_dir: Path, dest: Path, keystore, *, ids: Iterable[str] |
         with progress_bar(enabled=progress, total=total, unit="img", desc="decrypt") as bar:
             for split in manifest.splits:
                 for sample in iter_samples(out_dir, split, manifest, only=wanted):
+                    if sample.key in written:  # else one image would silently overwrite the other
+                        raise InputError(f"{out_dir}: sample {sample.key} appears twice in the release; "
+                                         "run audit-shards verify")
                     perm = dataset_key.permutation(n, split, sample.key)
                     orientations = keyed_orientations(dataset_key, turns, split, sample.key) if turns else None
                     plain = decrypt_image(sample.image, cipher.mode, perm, cipher.patch, cipher.sub_patch,

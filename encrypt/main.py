@@ -20,6 +20,7 @@ from PIL import Image
 
 from encrypt.distribute import check_address, run_shards
 from encrypt.journal import Journal, own_leftovers, owner_dir
+from encrypt.lock import holds_release
 from encrypt.plan import JobSettings, plan_shards
 from encrypt.sources import InputError, Skipped, SourceListing, display_path
 from keys.index import save_index
@@ -225,6 +226,7 @@ def _discard_outputs(out_dir: Path, tasks, journal: Journal, created_out: bool) 
             pass
 
 
+@holds_release
 def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id: str,
                     settings: JobSettings, *, workers: int = 0, ray_address: str | None = None,
                     resume: bool = False, hide_class_names: bool = False,

@@ -205,13 +205,16 @@ def test_forget_rewrites_only_the_affected_shards_and_verifies(owner, keystore_c
     after = load_manifest(shuffle_copy, public_key=owner["store"].public_key)
     assert after.extra == {"version": 2, "previous_manifest": before.digest()}
     assert after.samples("train") + after.samples("val") == 54
-    for entries in after.splits.values():
-        for entry in entries:
+    for split, entries in after.splits.items():
+        old_names = [e.name for e in before.splits[split]]
+        assert len(entries) == len(old_names)  # same order; a rewritten shard gets a fresh name
+        for old, entry in zip(old_names, entries):
             path = shuffle_copy / entry.name
-            if entry.name in holding:  # rewritten: the other samples byte for byte, in the same order
-                assert read_samples(path) == kept_members[entry.name]
+            if old in holding:  # rewritten: the other samples byte for byte, in the same order
+                assert entry.name not in inodes and not (shuffle_copy / old).exists()
+                assert read_samples(path) == kept_members[old]
             else:  # untouched: the very same file, not a copy
-                assert path.stat().st_ino == inodes[entry.name]
+                assert entry.name == old and path.stat().st_ino == inodes[entry.name]
     left = {s.key for split in after.splits for s in iter_samples(shuffle_copy, split, after)}
     assert not left & gone_ids and len(left) == 54
 
