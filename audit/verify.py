@@ -3,27 +3,35 @@
 1. ``manifest-signature`` — the manifest's Ed25519 signature, under a key the exported
    identity lists (or that a verified custody log handed over to by rotation), never merely
    the key the manifest names.
-2. ``shard-files`` — every listed shard exists, nothing unlisted sits beside them, and each
-   shard's sha256, size and sample count match the manifest.
-3. ``sample-contents`` — every sample: opaque key, only image + cls + json members, the image
-   decodes to the size and channels the cipher says, carries no EXIF/ICC/XMP/text/comment
-   chunk and nothing after its end, and its json holds no path- or file-name-like text.
+2. ``shard-files`` — every listed shard exists as a regular file (a symbolic link is refused:
+   it could point anywhere, and the manifest is not read through one either), nothing
+   unlisted sits beside them, and each shard's sha256, size and sample count match the manifest.
+3. ``sample-contents`` — every sample: its key exactly the job's opaque id (24 lowercase hex,
+   `keys.derive.SAMPLE_ID_HEX`; a hex-encoded file name is longer) and unique across all
+   shards (a duplicate would train twice and decrypt to one file; `audit.keyset` keeps this
+   check's memory bounded), only image + cls + json members, the image decodes to the size
+   and channels the cipher says, carries no EXIF/ICC/XMP/text/comment chunk and nothing after
+   its end, and its json holds no path- or file-name-like text.
 4. ``custody-log`` — hash chain, signatures, key hand-overs and time order of the log, and an
    entry (``used-for-job``, or ``forgotten`` for a later version) citing this manifest's digest.
 5. ``key-id`` — the manifest's dataset key id belongs to the identity: listed with a commitment
    that hashes to it (or recorded in the verified custody log).
 
 Shards are read once each, as a stream of 512-byte tar blocks hashed on the way, one sample in
-memory at a time, so memory does not grow with the release. Tar parsing is done here with
+memory at a time, and sample keys spill to sorted temporary runs (``audit.keyset``), so memory
+does not grow with the release. Tar parsing is done here with
 ``tarfile.TarInfo.frombuf`` rather than ``shards.reader``: the auditor needs every raw member
 byte (metadata chunks), and the hash and the contents from the same single read.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import json
 import re
+import stat
 import struct
 import tarfile
 from dataclasses import asdict, dataclass, field
@@ -33,11 +41,12 @@ from typing import Any, BinaryIO, Callable, Iterator
 from PIL import Image
 
 from keys.custody import ChainReport, identity_signing_keys, signing_key_id, verify_chain
-from keys.derive import dataset_key_id_from_commitment
+from audit.keyset import SampleKeys
+from keys.derive import SAMPLE_ID_HEX, dataset_key_id_from_commitment
 from shards.console import progress_bar
 from shards.manifest import MANIFEST_NAME, Manifest, ManifestError
 from shards.reader import STORAGE_EXTENSION
-from shards.writer import KEY_PATTERN, TEMP_PATTERN
+from shards.writer import TEMP_PATTERN
 
 CHECKS = ("manifest-signature", "shard-files", "sample-contents", "custody-log", "key-id")
 MAX_PROBLEMS = 20            # listed per check; the rest are counted
@@ -57,6 +66,8 @@ JPEG_NAMES = {0xE1: "APP1 (EXIF or XMP)", 0xE2: "APP2 (ICC profile)", 0xED: "APP
 _PATH_LIKE = re.compile(r"[/\\]|^~|^[A-Za-z]:|://")
 _FILE_NAME_LIKE = re.compile(r"[\w-]\.[A-Za-z][A-Za-z0-9]{1,4}$")
 _NAME_KEY = re.compile(r"file|path|url|uri|name|dir", re.IGNORECASE)
+OPAQUE_KEY = re.compile(rf"^[0-9a-f]{{{SAMPLE_ID_HEX}}}$")
+"""Exactly what the job writes (`keys.derive.DatasetKey.sample_id`); the writer's own pattern is looser."""
 
 
 @dataclass
@@ -109,6 +120,8 @@ def verify_release(out_dir: str | Path, identity: dict[str, Any], *,
 
     manifest = None
     try:
+        if (out_dir / MANIFEST_NAME).is_symlink():
+            raise ManifestError(f"{MANIFEST_NAME} is a symbolic link, not a file of the release")
         manifest = Manifest.load(out_dir / MANIFEST_NAME)
     except ManifestError as exc:
         for name in ("manifest-signature", "shard-files", "sample-contents", "key-id"):
@@ -173,13 +186,23 @@ def _check_shards(out_dir: Path, manifest: Manifest, files: CheckResult, content
     total = sum(e.bytes for e in listed.values())
     show = (total >= PROGRESS_MIN_BYTES) if progress is None else progress
     checked = samples = 0
+    keys = SampleKeys()
     with progress_bar(enabled=show, total=total, unit="B", unit_scale=True, desc="verify") as bar:
-        for name, entry in listed.items():
+        for number, (name, entry) in enumerate(listed.items()):
             path = out_dir / name
-            if not path.is_file():
-                files.problem(f"{name}: missing")
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            except OSError as exc:
+                files.problem(f"{name}: a symbolic link, not a file of the release" if exc.errno == errno.ELOOP
+                              else f"{name}: missing" if exc.errno == errno.ENOENT
+                              else f"{name}: cannot be read ({exc.strerror})")
                 continue
-            stats = _scan_shard(path, manifest, contents, files, bar.update)
+            with open(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    files.problem(f"{name}: not a regular file")
+                    continue
+                stats = _scan_shard(f, name, manifest, contents, files, bar.update,
+                                    lambda key, n=number: keys.add(key, n))
             checked += 1
             samples += stats.samples
             if stats.size != entry.bytes:
@@ -189,10 +212,14 @@ def _check_shards(out_dir: Path, manifest: Manifest, files: CheckResult, content
                               f"{entry.sha256[:16]}…")
             if stats.samples != entry.samples:
                 files.problem(f"{name}: {stats.samples} samples, the manifest says {entry.samples}")
+    names = list(listed)
+    for key, shards in keys.duplicates():
+        contents.problem(f"sample {key} is in {len(shards)} shards ({', '.join(names[i] for i in shards)}); "
+                         "a sample key must be unique in the release")
     files.summary = (f"{checked} of {len(listed)} listed shards read, {total / 1e6:.1f} MB; "
                      "sha256, sizes and counts compared")
     cipher = manifest.cipher
-    contents.summary = (f"{samples} samples: opaque keys, allowed members only, "
+    contents.summary = (f"{samples} samples: opaque keys unique across shards, allowed members only, "
                         f"{cipher.stored_size[0]}x{cipher.stored_size[1]}x{cipher.channels} "
                         f"{STORAGE_EXTENSION[cipher.format]} images without metadata, no names in json")
 
@@ -228,30 +255,32 @@ class _HashingReader:
         return zero
 
 
-def _scan_shard(path: Path, manifest: Manifest, contents: CheckResult, files: CheckResult,
-                on_bytes: Callable[[int], Any]) -> _ShardStats:
+def _scan_shard(f: BinaryIO, shard: str, manifest: Manifest, contents: CheckResult, files: CheckResult,
+                on_bytes: Callable[[int], Any], on_key: Callable[[str], Any]) -> _ShardStats:
+    """Hash and check one open shard; `on_key` gets each well-formed key once (the cross-shard check)."""
     stats = _ShardStats()
-    with open(path, "rb") as f:
-        reader = _HashingReader(f, on_bytes)
-        seen: set[str] = set()
-        key, members = None, {}
-        for name, data in _tar_members(reader, path.name, files):
-            member_key, _, ext = name.partition(".")
-            if member_key != key:
-                if key is not None:
-                    stats.samples += 1
-                    _check_sample(path.name, key, members, manifest, contents)
-                if member_key in seen:
-                    contents.problem(f"{path.name}: sample {member_key[:64]} appears in two places")
-                seen.add(member_key)
-                key, members = member_key, {}
-            if ext in members:
-                contents.problem(f"{path.name}: sample {key[:64]} has two .{ext[:20]} members")
-            members[ext] = data
-        if key is not None:
-            stats.samples += 1
-            _check_sample(path.name, key, members, manifest, contents)
-        reader.skip(1 << 62)  # hash whatever _tar_members left unread
+    reader = _HashingReader(f, on_bytes)
+    seen: set[str] = set()
+    key, members = None, {}
+    for name, data in _tar_members(reader, shard, files):
+        member_key, _, ext = name.partition(".")
+        if member_key != key:
+            if key is not None:
+                stats.samples += 1
+                _check_sample(shard, key, members, manifest, contents)
+            if member_key in seen:
+                contents.problem(f"{shard}: sample {member_key[:64]} appears in two places")
+            elif OPAQUE_KEY.match(member_key):
+                on_key(member_key)
+            seen.add(member_key)
+            key, members = member_key, {}
+        if ext in members:
+            contents.problem(f"{shard}: sample {key[:64]} has two .{ext[:20]} members")
+        members[ext] = data
+    if key is not None:
+        stats.samples += 1
+        _check_sample(shard, key, members, manifest, contents)
+    reader.skip(1 << 62)  # hash whatever _tar_members left unread
     stats.sha256, stats.size = reader.sha256.hexdigest(), reader.size
     return stats
 
@@ -300,8 +329,9 @@ def _tar_members(reader: _HashingReader, shard: str, files: CheckResult) -> Iter
 def _check_sample(shard: str, key: str, members: dict[str, bytes | None], manifest: Manifest,
                   result: CheckResult) -> None:
     where = f"{shard}: sample {key[:64]}"
-    if not KEY_PATTERN.match(key) or "/" in key:
-        result.problem(f"{shard}: sample key {key[:64]!r} is not an opaque id")
+    if not OPAQUE_KEY.match(key):
+        result.problem(f"{shard}: sample key {key[:64]!r} is not an opaque id "
+                       f"(exactly {SAMPLE_ID_HEX} lowercase hex digits, as the job writes)")
     cipher = manifest.cipher
     image_ext = STORAGE_EXTENSION[cipher.format]
     unknown = sorted(set(members) - {image_ext, "cls", "json"})
