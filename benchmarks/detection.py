@@ -4,7 +4,7 @@ One canvas set (real Fashion-MNIST items pasted on canvases, a real COCO JSON, s
 examples/canvas_coco.py) is encrypted twice through `encrypt-dataset coco`'s code path,
 once with `--mode none` and once with `--mode mix`, into train and val splits. The same
 YOLOS recipe (same widths, same token grid, same steps, batch, learning rate and seed) is
-trained on each with `train.detection_engine.fit_detection` and scored on val with
+trained on each with the one engine (`train.engine.train`) and scored on val with
 pycocotools. Prints one JSON object; `map_ratio` = mix mAP ÷ plain mAP (target ≥ 0.9).
 
 `--labels agnostic` (the default) gives every object the one category "item": in a CPU
@@ -75,7 +75,7 @@ def train_release(release: str, out: str, settings: dict) -> dict:
     """One run (in its own process, one thread): fit, then the final val metrics."""
     import torch
 
-    from train.detection_engine import DetectionConfig, fit_detection
+    from train.engine import DetectionConfig, train
 
     torch.set_num_threads(settings["threads"])
     config = DetectionConfig(shards=release, out=out, model=settings["model"],
@@ -83,7 +83,7 @@ def train_release(release: str, out: str, settings: dict) -> dict:
                              batch_size=settings["batch_size"], lr=settings["lr"], min_lr=settings["lr"] / 100,
                              warmup_epochs=1, seed=settings["seed"], workers=0, eval_every=settings["epochs"],
                              progress=False, log_every=10_000)
-    summary = fit_detection(config, device="cpu")
+    summary = train(config, device="cpu")
     val = summary["val"]
     return {"map": val["map"], "ap50": val["ap50"], "ap75": val["ap75"], "ar100": val["ar100"],
             "val_images": val["images"], "steps": summary["step"], "train_s": summary["seconds"]}

@@ -173,3 +173,23 @@ def test_bad_input_is_one_line_and_exit_2(release, reference, source, keystore, 
     assert expect in lines[0]
     after = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) if out.exists() else None
     assert after == before  # nothing written
+
+
+@pytest.mark.parametrize("command", ["classify", "detect"])
+def test_the_options_are_the_config_fields_with_their_defaults(command):
+    """The CLI is generated from the config: every field an engineer sets is an option, with the
+    field's own default; `progress` alone is set another way (--quiet)."""
+    import dataclasses
+
+    from train.config import DetectionConfig, TrainConfig
+
+    config_type = {"classify": TrainConfig, "detect": DetectionConfig}[command]
+    fields = {f.name: f for f in dataclasses.fields(config_type)}
+    params = {p.name: p for p in cli.commands[command].params}
+    assert {n for n, f in fields.items() if f.metadata["internal"]} == {"progress"}
+    assert set(params) - {"resume", "quiet", "threads"} == set(fields) - {"progress"}
+    for name, f in fields.items():
+        if f.default is not dataclasses.MISSING and name != "progress":
+            assert params[name].default == f.default, name
+    assert "--det-tokens" in params["num_det_tokens"].opts if command == "detect" else True
+    assert params["model_kwargs"].opts == ["--model-arg"] and params["model_kwargs"].multiple

@@ -33,16 +33,9 @@ from train.detection_data import (
     open_detection_release,
     target_from_meta,
 )
-from train.detection_engine import (
-    DetectionConfig,
-    build_detector,
-    coco_map,
-    evaluate_detection,
-    evaluate_detection_checkpoint,
-    fit_detection,
-    predictions_to_coco,
-)
-from train.engine import RunError
+from train.config import DetectionConfig
+from train.engine import RunError, evaluate_detection_checkpoint, fit_detection
+from train.tasks.detection import build_detector, coco_map, evaluate_detection, predictions_to_coco
 from train.models.yolos import YOLOS, detector_for_cipher, reference_grid
 
 SIZE, PATCH, SUB = 64, 8, 4
@@ -403,3 +396,78 @@ def test_detect_and_evaluate_commands_on_a_real_release(handful, tmp_path) -> No
     assert 0.0 <= result["map"] <= 1.0 and result["ap50"] is not None
     missing = CliRunner().invoke(cli, ["detect", "--shards", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r2")])
     assert missing.exit_code == 2 and missing.output.startswith("error: ")
+
+
+# -- one engine: the same LR rule, the same resume as classify -------------------------------
+
+def test_the_lr_rule_is_the_same_for_both_tasks_and_is_what_a_detection_run_logs(releases, tmp_path) -> None:
+    from train.config import TrainConfig
+    from train.engine import lr_schedule
+
+    def schedule(config, steps_per_epoch: int, steps: int) -> list[float]:
+        """The lr each step uses: the scheduler's value after step_update(step - 1)."""
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+        scheduler = lr_schedule(optimizer, config, steps_per_epoch)
+        lrs = []
+        for done in range(steps):
+            scheduler.step_update(num_updates=done)
+            lrs.append(optimizer.param_groups[0]["lr"])
+        return lrs
+
+    same = dict(shards="s", out="o", epochs=4, lr=1e-3, min_lr=1e-5, warmup_epochs=1)
+    classify, detect = schedule(TrainConfig(**same), 3, 12), schedule(DetectionConfig(**same), 3, 12)
+    assert classify == detect
+    assert classify[0] == pytest.approx(1e-6) and classify[3] == pytest.approx(1e-3)  # warm-up: one epoch
+    assert all(a > b for a, b in zip(classify[3:], classify[4:])) and classify[-1] > 1e-5  # cosine after it
+
+    config = _config(releases["none"], tmp_path / "run", epochs=3, warmup_epochs=1, lr=1e-3, min_lr=1e-5,
+                     val_split=None, model_kwargs={"depth": 1})
+    summary = fit_detection(config, device="cpu")
+    logged = [r["lr"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+              if r["event"] == "train"]
+    assert summary["step"] == len(logged) == 6
+    assert logged == pytest.approx(schedule(config, 2, 6), rel=1e-12)
+
+
+def test_detect_resume_reloads_the_run_config_like_classify(releases, tmp_path, monkeypatch) -> None:
+    """`detect --resume` needs only --shards and --out: the rest comes from last.pt, and an option
+    given now replaces its value where a resume allows (and is refused where it does not)."""
+    from click.testing import CliRunner
+
+    from train.cli import cli
+
+    rel = str(releases["none"])
+    run = ["--model", "nano", "--model-arg", "depth=1", "--det-tokens", "10", "--epochs", "3", "--batch-size", "8",
+           "--lr", "1e-3", "--min-lr", "1e-5", "--eos-coef", "0.2", "--cost-bbox", "4", "--workers", "0",
+           "--val-split", "none", "--log-every", "1", "--checkpoint-every", "1", "--quiet"]
+    straight = CliRunner().invoke(cli, ["detect", "--shards", rel, "--out", str(tmp_path / "a"), *run])
+    assert straight.exit_code == 0, straight.output
+    calls = {"n": 0}
+    original = DetectionTransform.__call__
+
+    def dies_at_step_4(self, images, targets):
+        if self.train:
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise KeyboardInterrupt
+        return original(self, images, targets)
+
+    monkeypatch.setattr(DetectionTransform, "__call__", dies_at_step_4)
+    stopped = CliRunner().invoke(cli, ["detect", "--shards", rel, "--out", str(tmp_path / "b"), *run])
+    assert stopped.exit_code != 0
+    monkeypatch.setattr(DetectionTransform, "__call__", original)
+    refused = CliRunner().invoke(cli, ["detect", "--shards", rel, "--out", str(tmp_path / "b"), "--resume",
+                                       "--lr", "2e-3"])
+    assert refused.exit_code == 2 and "lr was 0.001, now 0.002" in refused.output, refused.output
+    resumed = CliRunner().invoke(cli, ["detect", "--shards", rel, "--out", str(tmp_path / "b"), "--resume",
+                                       "--checkpoint-every", "0", "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert b["step"] == a["step"] == 6
+    assert b["config"] == a["config"] | {"out": str(tmp_path / "b"), "checkpoint_every": 0}
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+    losses = [[(r["step"], r["loss"], r["lr"]) for r in map(json.loads, (tmp_path / x / "metrics.jsonl")
+                                                          .read_text().splitlines()) if r["event"] == "train"]
+              for x in ("a", "b")]
+    assert losses[0] == losses[1] and len(losses[0]) == 6

@@ -127,3 +127,19 @@ def test_the_plain_baseline_goes_through_the_same_engine(tmp_path, keystore, cap
     weights = load_checkpoint(tmp_path / "run" / "best.pt")["weights"]
     assert weights["pos_embed"].shape == (1, 1 + 8 * 8, 32)
     assert summary["best_top1"] >= 1.5 * CHANCE, summary  # measured 0.25 after this one epoch
+
+
+def test_the_logged_lr_is_the_one_rule_s_value_for_each_step(ce_run, release):
+    """`lr` in a `train` line is the lr that step used, from `train.engine.lr_schedule` (the rule
+    detection shares: tests/test_train_detection.py)."""
+    from train.engine import lr_schedule
+
+    run, _ = ce_run
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=3e-3)
+    scheduler = lr_schedule(optimizer, config(release, run), steps_per_epoch=2000 // 32)
+    expected = {}
+    for done in range(124):
+        scheduler.step_update(num_updates=done)
+        expected[done + 1] = optimizer.param_groups[0]["lr"]
+    steps = records(run, "train")
+    assert [s["lr"] for s in steps] == pytest.approx([expected[s["step"]] for s in steps], rel=1e-12)

@@ -221,7 +221,7 @@ def test_detection_training_and_evaluation_apply_the_policy(tmp_path, tmp_path_f
     from encrypt.main import encrypt_dataset
     from encrypt.plan import JobSettings
     from encrypt.sources import list_coco
-    from train.detection_engine import DetectionConfig, evaluate_detection_checkpoint, fit_detection
+    from train.engine import DetectionConfig, evaluate_detection_checkpoint, fit_detection
 
     items, labels = fmnist_small
     image_dir, ann_path = write_canvas_coco(tmp_path / "canvas", items, labels, images=16, canvas=64)

@@ -1,11 +1,15 @@
 """train-encrypted: the ML engineer's command. Thin click wrapper over train.engine.
 
-Errors in the input (release, run folder, checkpoint, settings) are one line on stderr,
-``error: <file>: <reason>``, exit status 2, nothing written. A run that diverges (a loss
-that is not finite) exits 1. Under ``torchrun`` every process runs the same command.
+`classify` and `detect` options are generated from `TrainConfig` / `DetectionConfig`
+fields (`config_options`), so a default, a help text or a bound lives once, in
+`train.config`. Errors in the input (release, run folder, checkpoint, settings) are one
+line on stderr, ``error: <file>: <reason>``, exit status 2, nothing written. A run that
+diverges (a loss that is not finite) exits 1. Under ``torchrun`` every process runs the
+same command.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,10 +21,10 @@ import click
 from click.core import ParameterSource
 
 from shards.console import command_group
+from train.config import DetectionConfig, RunConfig, TrainConfig
 from train.errors import TrainError
 
-LOSSES = ("ce", "anchor-euclidean", "anchor-cosine")
-ANCHORS = ("simplex", "orthogonal")
+LAST = "last.pt"  # train.engine.LAST, without importing torch for --help
 
 
 def _setup_logging() -> None:
@@ -44,6 +48,79 @@ def _parse_model_args(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+# -- options from config fields ------------------------------------------------------------------
+
+def option_name(f: dataclasses.Field) -> str:
+    return f.metadata["option"] or "--" + f.name.replace("_", "-")
+
+
+def _option(f: dataclasses.Field) -> Any:
+    """The click option of one config field (its flag, type, default and help from the field)."""
+    meta = f.metadata
+    kwargs: dict[str, Any] = {"help": meta["help"] or None, "metavar": meta["metavar"]}
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        kwargs.update(required=True, type=click.Path(path_type=Path) if meta["path"] else str)
+    elif f.default_factory is not dataclasses.MISSING:  # a dict: repeatable KEY=VALUE
+        kwargs.update(multiple=True)
+    elif isinstance(f.default, bool):
+        kwargs.update(is_flag=True, default=f.default)
+    else:
+        choice = click.Choice(meta["choices"]) if meta["choices"] else type(f.default)
+        kwargs.update(type=choice, default=f.default, show_default=True)
+    return click.option(option_name(f), f.name, **kwargs)
+
+
+def config_options(config_type: type[RunConfig]):
+    """Decorate a command with one option per config field that is not internal."""
+    def decorate(fn):
+        for f in reversed([f for f in dataclasses.fields(config_type) if not f.metadata["internal"]]):
+            fn = _option(f)(fn)
+        return fn
+    return decorate
+
+
+def _field_value(f: dataclasses.Field, value: Any) -> Any:
+    """A command-line value as the config holds it."""
+    if f.default_factory is not dataclasses.MISSING:
+        return _parse_model_args(value)
+    if f.metadata["nullable"] and isinstance(value, str) and value.lower() == "none":
+        return None
+    return str(value) if f.metadata["path"] else value
+
+
+def config_from_command(ctx: click.Context, config_type: type[RunConfig], options: dict[str, Any],
+                        resume: bool, quiet: bool) -> RunConfig:
+    """The run's config: on --resume, last.pt's, with only the options given on the command line
+    (or in the environment) replacing its values; else every option, defaults included."""
+    from train.checkpoint import load_checkpoint
+
+    fields = {f.name: f for f in dataclasses.fields(config_type) if f.name in options}
+    out = Path(options["out"])
+    if resume and (out / LAST).is_file():
+        values = dict(load_checkpoint(out / LAST)["config"])
+        given = [name for name in fields if ctx.get_parameter_source(name) in
+                 (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+    else:
+        values, given = {}, list(fields)
+    values.update({name: _field_value(fields[name], options[name]) for name in given})
+    values["progress"] = not quiet
+    return config_type.from_dict(values)
+
+
+def _run_options(fn):
+    """--resume, --quiet, --threads: how to run, not what the run is."""
+    fn = click.option("--threads", type=click.IntRange(min=1), metavar="N",
+                      help="CPU: torch threads per process (default: the cores left beside the processes and "
+                           "loader workers; OMP_NUM_THREADS also sets it).")(fn)
+    fn = click.option("--quiet", is_flag=True, help="No progress bar (bars are drawn on a terminal only).")(fn)
+    fn = click.option("--resume", is_flag=True,
+                      help="Continue RUN/last.pt at the step it was written, with its settings; options "
+                           "given now replace them where a resume allows.")(fn)
+    return fn
+
+
+# -- commands ------------------------------------------------------------------------------------
+
 @command_group("train-encrypted")
 def cli() -> None:
     """Train vision transformers on encrypted shards; never sees a key or a plain image.
@@ -56,64 +133,20 @@ def cli() -> None:
     """
 
 
-# (option name, TrainConfig field): options a resumed run takes from last.pt unless given.
-_CONFIG_OPTIONS = {
-    "model": "model", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
-    "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "min_lr": "min_lr",
-    "clip_grad": "clip_grad", "loss": "loss", "anchors": "anchors", "anchor_scale": "anchor_scale",
-    "label_smoothing": "label_smoothing", "hflip": "hflip", "color_jitter": "color_jitter",
-    "mixup": "mixup", "cutmix": "cutmix", "token_drop": "token_drop", "amp": "amp",
-    "workers": "workers", "shuffle_buffer": "shuffle_buffer", "seed": "seed",
-    "train_split": "train_split", "val_split": "val_split", "verify_digests": "verify_digests",
-    "log_every": "log_every", "checkpoint_every": "checkpoint_every", "model_args": "model_kwargs",
-}
+def _train(ctx: click.Context, config_type: type[RunConfig], options: dict[str, Any]) -> dict[str, Any]:
+    from train.engine import train
+
+    _setup_logging()
+    resume, quiet, threads = options.pop("resume"), options.pop("quiet"), options.pop("threads")
+    config = config_from_command(ctx, config_type, options, resume, quiet)
+    return train(config, resume=resume, threads=threads)
 
 
 @cli.command()
-@click.option("--shards", required=True, type=click.Path(path_type=Path), metavar="OUT",
-              help="Release folder (manifest.json + shards) from encrypt-dataset.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="RUN",
-              help="Run folder: metrics.jsonl, last.pt, best.pt, config.json.")
-@click.option("--model", default="auto", show_default=True,
-              help="auto / tiny / small / base: the model that fits the release's cipher; "
-                   "or any timm model name.")
-@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
-              help="Extra timm.create_model keyword, repeatable: --model-arg depth=6 --model-arg drop_path_rate=0.1.")
-@click.option("--epochs", default=10, show_default=True)
-@click.option("--batch-size", default=128, show_default=True, help="Per process.")
-@click.option("--lr", default=5e-4, show_default=True, help="Peak AdamW learning rate.")
-@click.option("--weight-decay", default=0.05, show_default=True)
-@click.option("--warmup-epochs", default=1, show_default=True, help="Linear warm-up before the cosine decay.")
-@click.option("--min-lr", default=1e-6, show_default=True)
-@click.option("--clip-grad", default=1.0, show_default=True, help="Gradient norm clip (0: off).")
-@click.option("--loss", type=click.Choice(LOSSES), default="ce", show_default=True)
-@click.option("--anchors", type=click.Choice(ANCHORS), default="simplex", show_default=True,
-              help="Anchor choice for the anchor losses: maximal separation or orthogonality.")
-@click.option("--anchor-scale", default=10.0, show_default=True, help="Softmax sharpness of the anchor losses.")
-@click.option("--label-smoothing", default=0.0, show_default=True)
-@click.option("--hflip", default=0.5, show_default=True,
-              help="Probability of a flip that commutes with the cipher (per token for shuffled shards).")
-@click.option("--color-jitter", default=0.0, show_default=True)
-@click.option("--mixup", default=0.0, show_default=True, help="Mixup Beta alpha (0: off).")
-@click.option("--cutmix", default=0.0, show_default=True, help="Token-cutmix Beta alpha (0: off).")
-@click.option("--token-drop", default=0.0, show_default=True, help="Fraction of tokens zeroed.")
-@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA (CPU stays float32).")
-@click.option("--resume", is_flag=True, help="Continue RUN/last.pt at the step it was written.")
-@click.option("--workers", default=2, show_default=True, help="DataLoader workers per process.")
-@click.option("--shuffle-buffer", default=1000, show_default=True, help="Samples in the shuffle buffer.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--train-split", default="train", show_default=True)
-@click.option("--val-split", default="val", show_default=True, help="Split evaluated after each epoch; none: no evaluation.")
-@click.option("--verify-digests", is_flag=True, help="Hash every shard against the manifest before training.")
-@click.option("--log-every", default=50, show_default=True, help="Steps between metrics.jsonl lines.")
-@click.option("--checkpoint-every", default=0, show_default=True,
-              help="Also write last.pt every N steps inside an epoch (0: at epoch ends only).")
-@click.option("--quiet", is_flag=True, help="No progress bar (bars are drawn on a terminal only).")
-@click.option("--threads", type=click.IntRange(min=1), metavar="N",
-              help="CPU: torch threads per process (default: the cores left beside the processes and loader "
-                   "workers; OMP_NUM_THREADS also sets it).")
+@config_options(TrainConfig)
+@_run_options
 @click.pass_context
-def classify(ctx: click.Context, shards: Path, out: Path, resume: bool, quiet: bool, **options: Any) -> None:
+def classify(ctx: click.Context, **options: Any) -> None:
     """Train a classifier on a release's train split, evaluating on its val split.
 
     \b
@@ -122,87 +155,37 @@ def classify(ctx: click.Context, shards: Path, out: Path, resume: bool, quiet: b
       train-encrypted classify --shards ~/release --out runs/pevit --resume
       train-encrypted classify --shards ~/release --out runs/anchor --loss anchor-cosine
     """
-    from train.checkpoint import load_checkpoint
-    from train.engine import LAST, TrainConfig, train
-
-    _setup_logging()
-    threads = options.pop("threads")
-    options["model_args"] = _parse_model_args(options["model_args"])
-    if options["val_split"].lower() == "none":
-        options["val_split"] = None
-    given = {name for name in _CONFIG_OPTIONS
-             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
-    if resume and (out / LAST).is_file():
-        fields = dict(load_checkpoint(out / LAST)["config"])
-    else:
-        fields = {}
-        given = set(_CONFIG_OPTIONS)
-    fields.update({_CONFIG_OPTIONS[name]: options[name] for name in given})
-    fields.update(shards=str(shards), out=str(out), progress=not quiet)
-    config = TrainConfig.from_dict(fields)
-    summary = train(config, resume=resume, threads=threads)
+    summary = _train(ctx, TrainConfig, options)
     if int(os.environ.get("RANK", "0")) == 0:
         best = summary["best_top1"]
         shown = "no evaluation" if best is None else f"best val top-1 {best:.4f}"
         click.echo(f"trained {summary['epochs']} epochs ({summary['step']} steps, "
-                   f"{summary['world_size']} processes): {shown}; run in {out}")
+                   f"{summary['world_size']} processes): {shown}; run in {options['out']}")
 
 
 @cli.command()
-@click.option("--shards", required=True, type=click.Path(path_type=Path), metavar="OUT",
-              help="Detection release (encrypt-dataset coco ... --mode mix).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="RUN",
-              help="Run folder: config.json, metrics.jsonl, last.pt, best.pt.")
-@click.option("--model", default="auto", show_default=True,
-              help="auto, a size (nano, tiny, small, base) or a registered yolos_* name.")
-@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
-              help="Extra model keyword, e.g. depth=4 (repeatable).")
-@click.option("--det-tokens", default=100, show_default=True, help="Detection tokens (max objects per image).")
-@click.option("--epochs", default=50, show_default=True)
-@click.option("--batch-size", default=16, show_default=True, help="Per process.")
-@click.option("--lr", default=2.5e-4, show_default=True)
-@click.option("--weight-decay", default=1e-4, show_default=True)
-@click.option("--hflip", default=0.5, show_default=True, help="Probability of a horizontal flip (boxes follow).")
-@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA (CPU stays float32).")
-@click.option("--resume", is_flag=True, help="Continue RUN/last.pt at the step it was written.")
-@click.option("--workers", default=2, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--val-split", default="val", show_default=True, help="Split evaluated (COCO mAP); none: no evaluation.")
-@click.option("--verify-digests", is_flag=True, help="Hash every shard against the manifest first.")
-@click.option("--quiet", is_flag=True, help="No progress bar (bars are drawn on a terminal only).")
-@click.option("--threads", type=click.IntRange(min=1), metavar="N",
-              help="CPU: torch threads per process (default: the cores left beside the processes and loader "
-                   "workers; OMP_NUM_THREADS also sets it).")
-def detect(shards: Path, out: Path, model: str, model_args: tuple[str, ...], det_tokens: int, epochs: int,
-           batch_size: int, lr: float, weight_decay: float, hflip: float, amp: bool, resume: bool,
-           workers: int, seed: int, val_split: str, verify_digests: bool, quiet: bool,
-           threads: int | None) -> None:
+@config_options(DetectionConfig)
+@_run_options
+@click.pass_context
+def detect(ctx: click.Context, **options: Any) -> None:
     """Train a YOLOS-style detector (MI patch embedding) on a `mix` COCO release.
 
     \b
     Example:
       train-encrypted detect --shards ~/coco-release --out runs/yolos --epochs 150 --amp
+      train-encrypted detect --shards ~/coco-release --out runs/yolos --resume
       train-encrypted evaluate --shards ~/coco-release --checkpoint runs/yolos/best.pt
     """
-    from train.detection_engine import DetectionConfig, fit_detection
-
-    _setup_logging()
-    config = DetectionConfig(
-        shards=str(shards), out=str(out), model=model, model_kwargs=_parse_model_args(model_args),
-        num_det_tokens=det_tokens, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        hflip=hflip, amp=amp, workers=workers, seed=seed,
-        val_split=None if val_split.lower() == "none" else val_split, verify_digests=verify_digests,
-        progress=not quiet)
-    summary = fit_detection(config, resume=resume, threads=threads)
+    summary = _train(ctx, DetectionConfig, options)
     if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, sort_keys=True, default=str))
+        click.echo(json.dumps(summary, sort_keys=True, default=str))
 
 
 @cli.command()
 @click.option("--shards", required=True, type=click.Path(path_type=Path), metavar="OUT",
               help="Release folder (manifest.json + shards).")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), metavar="RUN/best.pt",
-              help="A checkpoint written by classify (best.pt or last.pt).")
+              help="A checkpoint written by classify or detect (best.pt or last.pt).")
 @click.option("--split", default="val", show_default=True)
 @click.option("--batch-size", type=int, help="Default: the training batch size.")
 @click.option("--workers", default=2, show_default=True)
@@ -219,10 +202,9 @@ def evaluate(shards: Path, checkpoint: Path, split: str, batch_size: int | None,
     from train.engine import evaluate_checkpoint
 
     _setup_logging()
-    if load_manifest(shards).task == "detection":
-        from train.detection_engine import evaluate_detection_checkpoint as evaluate_checkpoint
+    task = load_manifest(shards).task  # the release says which metrics, before the checkpoint is read
     result = evaluate_checkpoint(checkpoint, shards, split, batch_size=batch_size, workers=workers,
-                                 verify_digests=verify_digests)
+                                 verify_digests=verify_digests, task=task)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(json.dumps(result, sort_keys=True))
 
