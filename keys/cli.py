@@ -46,8 +46,7 @@ def cli() -> None:
     identity an auditor needs, show or verify the signed custody log, sign a checkpoint of
     it, rotate keys, change the passphrase, and destroy a dataset's key.
 
-    Passphrase: --passphrase-file FILE, else the file named by $PATCHVEIL_PASSPHRASE_FILE,
-    else $PATCHVEIL_PASSPHRASE, else a hidden prompt; never on the command line.
+    The passphrase is never an argument: each command's --passphrase-file help gives the rule.
 
     \b
     Example:

@@ -213,7 +213,8 @@ def test_a_checkpoint_from_another_key_is_named(audited, tmp_path):
                                          line_hash(lines[-1]), other.signing_key_id, other.public_key, other.sign))
     code, report = audit(audited, audited.log, forged)
     assert code == 1 and set(failed(report)) == {"checkpoint"}
-    assert failed(report)["checkpoint"].startswith(f"unknown key: signed by patchveil/custody/{other.signing_key_id}")
+    expected = f"unknown key: signed by patchveil/custody/{other.signing_key_id}"
+    assert failed(report)["checkpoint"].startswith(expected)
     theirs = tmp_path / "theirs.txt"
     theirs.write_bytes(other.checkpoint())
     problems = failed(audit(audited, audited.log, theirs)[1])["checkpoint"]
