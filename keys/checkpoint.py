@@ -108,8 +108,8 @@ def parse_checkpoint(data: bytes, source: str) -> Checkpoint:
     origin, size_text, head_text = lines[:3]
     if not origin.startswith(ORIGIN_PREFIX) or len(origin) == len(ORIGIN_PREFIX) or " " in origin:
         raise bad(f"origin {origin[:80]!r} is not {ORIGIN_PREFIX}<key id>")
-    if not size_text.isascii() or not size_text.isdigit() or (size_text != "0" and size_text[0] == "0"):
-        raise bad(f"size {size_text[:20]!r} is not a decimal number")
+    if not size_text.isascii() or not size_text.isdigit() or size_text[0] == "0":
+        raise bad(f"size {size_text[:20]!r} is not a positive decimal number (a log starts with key-created)")
     try:
         head = base64.b64decode(head_text, validate=True)
     except (binascii.Error, ValueError):

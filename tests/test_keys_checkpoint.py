@@ -244,7 +244,10 @@ def test_checkpoints_before_and_after_a_rotation_verify_with_the_old_identity(tm
 
 def test_bad_usage_is_one_line_and_exit_2(audited, tmp_path):
     (tmp_path / "junk.txt").write_text("not a checkpoint\n")
+    kept = audited.checkpoint.read_bytes()
+    (tmp_path / "zero.txt").write_bytes(kept.replace(f"\n{audited.size}\n".encode(), b"\n0\n", 1))
     cases = {"no log": ["--checkpoint", str(audited.checkpoint)],
+             "size 0": ["--custody-log", str(audited.log), "--checkpoint", str(tmp_path / "zero.txt")],
              "junk": ["--custody-log", str(audited.log), "--checkpoint", str(tmp_path / "junk.txt")],
              "missing": ["--custody-log", str(audited.log), "--checkpoint", str(tmp_path / "absent.txt")]}
     for args in cases.values():
