@@ -17,6 +17,7 @@ import click
 
 from audit.verify import VerifyReport, verify_release
 from audit.errors import AuditError
+from keys.checkpoint import parse_checkpoint
 from keys.custody import read_identity
 from shards.console import Commands, command_group
 
@@ -100,13 +101,17 @@ def cli() -> None:
               help="The owner's public identity (`dataset-keys export-public`), obtained out of band.")
 @click.option("--custody-log", type=click.Path(path_type=Path), metavar="FILE",
               help="The owner's custody log; without it that check is skipped.")
+@click.option("--checkpoint", "checkpoint_file", type=click.Path(path_type=Path), metavar="OLD.txt",
+              help="A checkpoint you kept (`dataset-keys checkpoint`): prove the custody log still "
+                   "extends it (nothing you saw cut, rewritten or forked). Needs --custody-log.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON for machines.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: on for releases over 256 MB, on a terminal).")
 @click.option("--quiet", is_flag=True, help="No progress bar (same as --no-progress).")
-def verify(out: Path, public_key: Path, custody_log: Path | None, as_json: bool,
-           progress: bool | None, quiet: bool) -> None:
-    """Check a release: manifest signature, shard files, sample contents, custody log, key id.
+def verify(out: Path, public_key: Path, custody_log: Path | None, checkpoint_file: Path | None,
+           as_json: bool, progress: bool | None, quiet: bool) -> None:
+    """Check a release: manifest signature, shard files, sample contents, custody log, key id;
+    with --checkpoint, also that the log extends a checkpoint you kept.
 
     Exit 0 when every check passes, 1 when any fails (named), 2 on bad usage.
 
@@ -114,13 +119,24 @@ def verify(out: Path, public_key: Path, custody_log: Path | None, as_json: bool,
     Example:
       audit-shards verify ~/release --public-key identity.json
       audit-shards verify ~/release --public-key identity.json --custody-log custody.log --json
+      audit-shards verify ~/release --public-key identity.json --custody-log custody.log --checkpoint old.txt
     """
     if not out.is_dir():
         raise AuditError(out, "not a release folder")
     identity = read_identity(public_key)
     if custody_log is not None and not custody_log.is_file():
         raise AuditError(custody_log, "custody log not found")
-    report = verify_release(out, identity, custody_log=custody_log, progress=False if quiet else progress)
+    checkpoint = None
+    if checkpoint_file is not None:
+        if custody_log is None:
+            raise AuditError("--checkpoint", "needs --custody-log: a checkpoint is checked against the log")
+        try:
+            data = checkpoint_file.read_bytes()
+        except OSError as exc:
+            raise AuditError(checkpoint_file, f"cannot read the checkpoint ({exc.strerror})") from None
+        checkpoint = parse_checkpoint(data, str(checkpoint_file))
+    report = verify_release(out, identity, custody_log=custody_log, progress=False if quiet else progress,
+                            checkpoint=checkpoint)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:

@@ -49,6 +49,7 @@ from encrypt.ciphers import (ALL_MODES, ORIENTED_MODES, encrypt_image, keyed_ori
                              orientation_length, permutation_length, shuffle, stored_size)
 from encrypt.prepare import DecodeError, prepare_pixels
 from audit.errors import AuditError
+from keys.passphrase import PASSPHRASE_HELP
 from shards.console import Command
 
 ATTACKS = ("jigsaw", "learned", "inversion")
@@ -391,7 +392,7 @@ def _check_geometry(mode: str, patch: int, sub_patch: int | None, size: int) -> 
 @click.option("--keystore", type=click.Path(file_okay=False, path_type=Path),
               help="With --shards: the owner's keystore (the truth for scoring).")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Keystore passphrase file (else PATCHVEIL_PASSPHRASE, else a prompt).")
+              help=PASSPHRASE_HELP)
 @click.option("--source", type=click.Path(path_type=Path), help="With --shards: the folder that was encrypted.")
 @click.option("--resize", type=int, help="With --shards: the shorter side the job resized to (default: size·8/7).")
 @click.option("--attacks", "attack_list", default=",".join(ATTACKS), show_default=True,

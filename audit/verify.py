@@ -16,6 +16,8 @@
    entry (``used-for-job``, or ``forgotten`` for a later version) citing this manifest's digest.
 5. ``key-id`` — the manifest's dataset key id belongs to the identity: listed with a commitment
    that hashes to it (or recorded in the verified custody log).
+6. ``checkpoint`` (only with a checkpoint the auditor kept) — ``CheckpointCheck``: the custody
+   log extends it, so nothing the auditor has seen was cut, rewritten or forked.
 
 Shards are read once each, as a stream of 512-byte tar blocks hashed on the way, one sample in
 memory at a time, and sample keys spill to sorted temporary runs (``audit.keyset``), so memory
@@ -40,8 +42,9 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 from PIL import Image
 
-from keys.custody import ChainReport, identity_signing_keys, signing_key_id, verify_chain
 from audit.keyset import SampleKeys
+from keys.checkpoint import Checkpoint, log_origin, verify_signatures
+from keys.custody import GENESIS, ChainReport, identity_signing_keys, line_hash, signing_key_id, verify_chain
 from keys.derive import SAMPLE_ID_HEX, dataset_key_id_from_commitment
 from shards.console import progress_bar
 from shards.manifest import MANIFEST_NAME, Manifest, ManifestError
@@ -49,6 +52,7 @@ from shards.reader import STORAGE_EXTENSION
 from shards.writer import TEMP_PATTERN
 
 CHECKS = ("manifest-signature", "shard-files", "sample-contents", "custody-log", "key-id")
+CHECKPOINT = "checkpoint"    # a sixth check, run only when the auditor gives a checkpoint
 MAX_PROBLEMS = 20            # listed per check; the rest are counted
 MAX_MEMBER_BYTES = 64 << 20  # a member larger than this is reported, not read into memory
 PROGRESS_MIN_BYTES = 256 << 20
@@ -105,9 +109,14 @@ class VerifyReport:
 
 
 def verify_release(out_dir: str | Path, identity: dict[str, Any], *,
-                   custody_log: str | Path | None = None, progress: bool | None = None) -> VerifyReport:
-    """Run the five checks. ``identity`` is the owner's exported public identity (already read
-    with ``keys.custody.read_identity``). ``progress``: None shows a bar for large releases."""
+                   custody_log: str | Path | None = None, progress: bool | None = None,
+                   checkpoint: Checkpoint | None = None) -> VerifyReport:
+    """Run the five checks (six with ``checkpoint``, which needs ``custody_log``). ``identity``
+    is the owner's exported public identity (already read with ``keys.custody.read_identity``);
+    ``checkpoint`` one the auditor kept (``keys.checkpoint.parse_checkpoint``). ``progress``:
+    None shows a bar for large releases."""
+    if checkpoint is not None and custody_log is None:
+        raise ValueError("a checkpoint is checked against a custody log: give custody_log too")
     out_dir = Path(out_dir)
     identity_keys = {kid: key.public_bytes_raw() for kid, key in identity_signing_keys(identity).items()}
     results = {name: CheckResult(name, "pass", "") for name in CHECKS}
@@ -132,7 +141,10 @@ def verify_release(out_dir: str | Path, identity: dict[str, Any], *,
         _check_key_id(manifest, identity, chain, results["key-id"])
     if chain is not None:
         _check_custody(chain, manifest, Path(custody_log), results["custody-log"])
-    return VerifyReport(str(out_dir), [results[name] for name in CHECKS])
+    checks = [results[name] for name in CHECKS]
+    if checkpoint is not None and chain is not None:
+        checks.append(CheckpointCheck(checkpoint, identity_keys).run(Path(custody_log), chain))
+    return VerifyReport(str(out_dir), checks)
 
 
 # -- 1. manifest signature -----------------------------------------------------------------
@@ -515,3 +527,91 @@ def _check_key_id(manifest: Manifest, identity: dict[str, Any], chain: ChainRepo
     if not result.problems:
         result.problem(f"key id {key_id} of dataset {dataset_id!r} is not among the identity's datasets"
                        + ("" if chain is not None else " (a newer identity or --custody-log may list it)"))
+
+
+# -- 6. checkpoint -------------------------------------------------------------------------
+
+@dataclass
+class CheckpointCheck:
+    """Policy: the custody log must extend the checkpoint the auditor kept.
+
+    The checkpoint must be the owner's (a valid signature by a key of the identity, or one a
+    verified log handed over to, in office at that size) and of this log (origin); the log
+    must have at least its size, its first ``size`` lines must link and the last of them hash
+    to its head. Each failure is named first in its problem: ``bad signature``, ``unknown
+    key``, ``another log``, ``retired key``, ``truncated``, ``rewritten`` (the chain no longer
+    verifies), ``forked`` (a validly signed log with another history of the same entries).
+    """
+
+    checkpoint: Checkpoint
+    identity_keys: dict[str, bytes]
+
+    def run(self, log_path: Path, chain: ChainReport) -> CheckResult:
+        result = CheckResult(CHECKPOINT, "pass", "")
+        cp = self.checkpoint
+        keys = {**self.identity_keys, **(chain.signing_keys if chain.ok else {})}
+        signer, problems = verify_signatures(cp, keys)
+        for problem in problems:
+            result.problem(problem)
+        lines = _log_lines(log_path)
+        root = chain.entries[0]["key_id"] if chain.entries else None
+        if root is not None and cp.origin != log_origin(root):
+            result.problem(f"another log: the checkpoint is of {cp.origin}, this log is {log_origin(root)}")
+        if result.problems:
+            return result
+        if len(lines) < cp.size:
+            result.problem(f"truncated: the log has {len(lines)} entries, the checkpoint you kept attests "
+                           f"{cp.size}: entries {len(lines)} to {cp.size - 1} were cut")
+            return result
+        broken = _prefix_break(lines[:cp.size])
+        if broken is not None or line_hash(lines[cp.size - 1]) != cp.head:
+            where = f"entry {broken}" if broken is not None else f"entry {cp.size - 1}"
+            if chain.ok:
+                result.problem(f"forked: {where} differs from the checkpoint's head {cp.head[:16]}…, yet "
+                               f"the log verifies: the owner's key signed two histories of the first "
+                               f"{cp.size} entries")
+            else:
+                result.problem(f"rewritten: {where} differs from the checkpoint's head {cp.head[:16]}…: "
+                               f"the first {cp.size} entries were changed after the checkpoint")
+            return result
+        in_office = _key_in_office(chain.entries[:cp.size])
+        if in_office is not None and signer != in_office:
+            result.problem(f"retired key: signed by {signer}, but {in_office} was the signing key in "
+                           f"office at entry {cp.size - 1}")
+            return result
+        grown = len(lines) - cp.size
+        result.summary = (f"the log extends the checkpoint of {cp.size} entries signed by {signer}"
+                          + (f" ({grown} entries added since)" if grown else " (unchanged since)"))
+        return result
+
+
+def _log_lines(path: Path) -> list[bytes]:
+    """The log's complete lines (a torn last line is the custody-log check's to report)."""
+    try:
+        return path.read_bytes().split(b"\n")[:-1]
+    except OSError:
+        return []
+
+
+def _prefix_break(lines: list[bytes]) -> int | None:
+    """The first line whose ``prev`` is not the hash of the line before it (None: all link)."""
+    prev = GENESIS
+    for index, line in enumerate(lines):
+        try:
+            entry = json.loads(line)
+            linked = isinstance(entry, dict) and entry.get("prev") == prev
+        except ValueError:
+            linked = False
+        if not linked:
+            return index
+        prev = line_hash(line)
+    return None
+
+
+def _key_in_office(entries: list[dict[str, Any]]) -> str | None:
+    """The signing key after these entries: the creator's, then each rotation's new key."""
+    active = entries[0]["key_id"] if entries else None
+    for entry in entries:
+        if entry["event"] == "rotated":
+            active = entry["details"].get("new_key_id", active)
+    return active

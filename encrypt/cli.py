@@ -19,7 +19,7 @@ from encrypt.main import MODE_RISK, check_out_dir, encrypt_dataset, preflight
 from encrypt.plan import JobSettings, check_split
 from encrypt.sources import InputError, list_coco, list_imagefolder
 from keys.keystore import open_keystore
-from keys.passphrase import read_passphrase
+from keys.passphrase import PASSPHRASE_HELP, read_passphrase
 from shards.console import command_group
 from shards.errors import require
 
@@ -28,7 +28,7 @@ DEFAULT_MODE = "mix-shuffle"
 
 def keystore_options(fn):
     fn = click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
-                      help="Read the keystore passphrase from this file (else PATCHVEIL_PASSPHRASE, else a prompt).")(fn)
+                      help=PASSPHRASE_HELP)(fn)
     fn = click.option("--keystore", envvar="PATCHVEIL_KEYSTORE", required=True,
                       type=click.Path(file_okay=False, path_type=Path),
                       help="Keystore folder made by `dataset-keys init` (or PATCHVEIL_KEYSTORE).")(fn)

@@ -39,6 +39,14 @@ def owner_dir(out_dir: Path) -> Path:
     return out_dir.parent / f"{out_dir.name}.owner"
 
 
+def make_owner_dir(path: Path) -> Path:
+    """Create OUT.owner/ owner-only (0700, also when it exists): its files name source paths."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
 def own_leftovers(out_dir: Path, shard_names: Iterable[str]) -> list[Path]:
     """The temporary files this job's interrupted writes left in OUT; refuse anything foreign.
 
@@ -77,7 +85,7 @@ class Journal:
 
     @classmethod
     def start(cls, path: Path, fingerprint: str) -> "Journal":
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_owner_dir(path.parent)
         atomic_write_bytes(path, (json.dumps({"job": fingerprint}) + "\n").encode("utf-8"), 0o600)
         return cls(path, fingerprint)
 
@@ -113,7 +121,9 @@ class Journal:
 
     def record(self, entry: ShardEntry, skipped: list[Skipped]) -> None:
         rec = {"entry": asdict(entry), "skipped": [asdict(s) for s in skipped]}
-        with open(self.path, "a") as f:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)  # owner-only, whoever made the file: its records name skipped paths
+        with open(fd, "a") as f:
             f.write(json.dumps(rec, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())

@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from encrypt.distribute import check_address, run_shards
-from encrypt.journal import Journal, own_leftovers, owner_dir
+from encrypt.journal import Journal, make_owner_dir, own_leftovers, owner_dir
 from encrypt.lock import holds_release
 from encrypt.plan import JobSettings, plan_shards
 from encrypt.sources import InputError, Skipped, SourceListing, display_path
@@ -338,5 +338,5 @@ def _index_entries(tasks, skipped: list[Skipped]) -> dict[str, dict]:
 
 def _write_private(path: Path, text: str) -> None:
     """Write an owner-only (0600) report atomically: it names source paths."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_owner_dir(path.parent)
     atomic_write_bytes(path, (text + "\n").encode("utf-8"), 0o600)

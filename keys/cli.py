@@ -1,14 +1,12 @@
 """``dataset-keys``: the data owner's commands over ``keys.keystore``; parse, call, print.
 
 Errors are one line, ``error: <file>: <reason>``, exit status 2, nothing changed. A failed
-``log --verify`` exits 1. The passphrase never comes from argv: ``$PATCHVEIL_PASSPHRASE``,
-``--passphrase-file``, or a hidden prompt; a new one (``change-passphrase``) from
-``$PATCHVEIL_NEW_PASSPHRASE``, ``--new-passphrase-file``, or a hidden prompt asked twice.
+``log --verify`` exits 1. The passphrase never comes from argv; where it comes from is the one
+rule in ``keys.passphrase`` (``PRECEDENCE``), stated in every ``--passphrase-file`` help.
 """
 from __future__ import annotations
 
 import base64
-import getpass
 import hashlib
 import json
 import os
@@ -22,9 +20,7 @@ from shards.console import command_group
 from keys.custody import IDENTITY_FORMAT, verify_chain
 from keys.errors import KeystoreError
 from keys.keystore import Keystore, atomic_write, create_keystore, open_keystore
-from keys.passphrase import read_passphrase
-
-NEW_PASSPHRASE_ENV = "PATCHVEIL_NEW_PASSPHRASE"
+from keys.passphrase import NEW_PASSPHRASE_HELP, PASSPHRASE_HELP, read_new_passphrase, read_passphrase
 
 
 _keystore_option = click.option(
@@ -32,8 +28,7 @@ _keystore_option = click.option(
     type=click.Path(path_type=Path), help="Keystore directory (default: $PATCHVEIL_KEYSTORE).")
 _passphrase_option = click.option(
     "--passphrase-file", type=click.Path(path_type=Path), metavar="FILE", default=None,
-    help="Read the passphrase from FILE (one trailing newline is ignored). Without it: "
-         "$PATCHVEIL_PASSPHRASE, else a hidden prompt.")
+    help=PASSPHRASE_HELP)
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 
 
@@ -48,8 +43,10 @@ def _print_json(obj: Any) -> None:
 @command_group("dataset-keys")
 def cli() -> None:
     """Keys and custody for a data owner: create a keystore, inspect it, export the public
-    identity an auditor needs, show or verify the signed custody log, rotate keys, change
-    the passphrase, and destroy a dataset's key.
+    identity an auditor needs, show or verify the signed custody log, sign a checkpoint of
+    it, rotate keys, change the passphrase, and destroy a dataset's key.
+
+    The passphrase is never an argument: each command's --passphrase-file help gives the rule.
 
     \b
     Example:
@@ -115,8 +112,9 @@ def info(keystore_dir: Path, passphrase_file: Path | None, as_json: bool) -> Non
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, metavar="FILE",
               help="Where to write the public identity (JSON).")
 def export_public(keystore_dir: Path, passphrase_file: Path | None, output: Path) -> None:
-    """Write the public identity an auditor needs (public key, datasets, custody log length;
-    no secrets) and log `exported-public` with the file's sha256.
+    """Write the public identity an auditor needs (public keys, the datasets released so far,
+    custody log length; no secrets) and log `exported-public` with the file's sha256. A dataset
+    whose key was derived but never used for a signed release is not listed.
 
     \b
     Example:
@@ -182,6 +180,38 @@ def log(keystore_dir: Path, passphrase_file: Path | None, verify: bool, as_json:
 @cli.command()
 @_keystore_option
 @_passphrase_option
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Write the checkpoint to FILE (default: print it).")
+def checkpoint(keystore_dir: Path, passphrase_file: Path | None, output: Path | None) -> None:
+    """Sign a checkpoint of the custody log: its size and head hash, in the C2SP signed-note
+    checkpoint format, signed by the current signing key. Give it to auditors: one who keeps
+    it can prove later logs extend it (audit-shards verify --checkpoint). Refuses a log that
+    does not verify. Logs nothing, so the size it attests stays the log's size.
+
+    \b
+    Example:
+      dataset-keys checkpoint --keystore ~/patchveil-keys -o checkpoint-2026-12.txt
+      dataset-keys checkpoint --keystore ~/patchveil-keys
+    """
+    if output is not None:
+        parent = output.absolute().parent
+        if not parent.is_dir():
+            raise KeystoreError(output, f"directory {parent} does not exist")
+        if output.is_dir():
+            raise KeystoreError(output, "is a directory")
+    store = _open(keystore_dir, passphrase_file)
+    note = store.checkpoint()
+    if output is None:
+        click.echo(note.decode("utf-8"), nl=False)
+        return
+    atomic_write(output, note, mode=0o644)  # public: it holds no secret
+    size = note.split(b"\n")[1].decode("ascii")
+    click.echo(f"wrote {output} (custody log of {size} entries, signed by {store.signing_key_id})")
+
+
+@cli.command()
+@_keystore_option
+@_passphrase_option
 def rotate(keystore_dir: Path, passphrase_file: Path | None) -> None:
     """Start a new master secret and signing key. The old ones stay sealed so old releases
     still decrypt and verify; both keys sign the `rotated` log entry, so the custody chain
@@ -204,8 +234,7 @@ def rotate(keystore_dir: Path, passphrase_file: Path | None) -> None:
 @_keystore_option
 @_passphrase_option
 @click.option("--new-passphrase-file", type=click.Path(path_type=Path), metavar="FILE", default=None,
-              help=f"Read the new passphrase from FILE. Without it: ${NEW_PASSPHRASE_ENV}, "
-                   "else a hidden prompt (asked twice).")
+              help=NEW_PASSPHRASE_HELP)
 def change_passphrase(keystore_dir: Path, passphrase_file: Path | None,
                       new_passphrase_file: Path | None) -> None:
     """Re-seal the keystore under a new passphrase (fresh scrypt salt); keys do not change.
@@ -217,7 +246,7 @@ def change_passphrase(keystore_dir: Path, passphrase_file: Path | None,
       dataset-keys change-passphrase --keystore ./keys --passphrase-file old.txt --new-passphrase-file new.txt
     """
     store = _open(keystore_dir, passphrase_file)
-    new = _read_new_passphrase(new_passphrase_file)
+    new = read_new_passphrase(new_passphrase_file)
     entry = store.change_passphrase(new)
     click.echo(f"passphrase changed; the old one no longer opens {store.directory} (log entry {entry['seq']})")
 
@@ -250,30 +279,6 @@ def destroy(dataset: str, keystore_dir: Path, passphrase_file: Path | None, yes:
     click.echo(f"destroyed the key(s) {', '.join(details['key_ids'])} of dataset {dataset} "
                f"(log entry {entry['seq']}); its releases can no longer be decrypted")
     click.echo("keystore backups made before now still hold this key: destroy them too")
-
-
-def _read_new_passphrase(path: Path | None) -> bytes:
-    """The new passphrase: $PATCHVEIL_NEW_PASSPHRASE, the file, or a hidden prompt asked twice."""
-    from_env = os.environ.get(NEW_PASSPHRASE_ENV)
-    if from_env is not None:
-        new = from_env.encode("utf-8")
-    elif path is not None:
-        try:
-            new = path.read_bytes()
-        except OSError as exc:
-            raise KeystoreError(path, f"cannot read the new passphrase file ({exc.strerror})") from None
-        new = new[:-2] if new.endswith(b"\r\n") else new[:-1] if new.endswith(b"\n") else new
-    else:
-        try:
-            first = getpass.getpass("New passphrase: ")
-            if first != getpass.getpass("New passphrase (again): "):
-                raise KeystoreError("passphrase prompt", "the two new passphrases do not match")
-        except (EOFError, KeyboardInterrupt):
-            raise KeystoreError("passphrase prompt", "no new passphrase given") from None
-        new = first.encode("utf-8")
-    if not new:
-        raise KeystoreError(path or "new passphrase", "empty passphrase")
-    return new
 
 
 def _print_entries(entries: list[dict[str, Any]]) -> None:

@@ -40,7 +40,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from keys.custody import IDENTITY_FORMAT, CustodyLog, signing_key_id, utc_now
+from keys.checkpoint import format_checkpoint
+from keys.custody import IDENTITY_FORMAT, CustodyLog, signing_key_id, utc_now, verify_chain
 from keys.derive import KEY_BYTES, DatasetKey
 from keys.errors import KeystoreError
 from shards.common import DatasetKeyID, SigningKeyID, atomic_write_bytes, b64encode, canonical_json, fsync_directory
@@ -295,13 +296,42 @@ class Keystore:
         """``[{key_id, public_key}]`` of every generation, oldest first (the last is current)."""
         return [{"key_id": g.signing_key_id, "public_key": b64encode(g.public_key)} for g in self.__generations]
 
+    def released_datasets(self) -> list[dict[str, Any]]:
+        """``datasets()`` narrowed to keys a release was signed with (a ``used-for-job`` entry).
+
+        Why: a key derived by an aborted or refused job, or by hand, released nothing; listing
+        it would publish the names of datasets the owner never shared.
+        """
+        released = {(e["details"].get("dataset_id"), e["details"].get("key_id"))
+                    for e in self.custody.entries() if e["event"] == "used-for-job"}
+        return [d for d in self.datasets() if (d["dataset_id"], d["key_id"]) in released]
+
     def public_identity(self) -> dict[str, Any]:
-        """What an auditor needs and nothing secret: public keys, datasets, the log's current length."""
+        """What an auditor needs and nothing secret: public keys, released datasets, the log's length."""
         self._finish_rotation()
         public = {"key_id": self.signing_key_id, "public_key": b64encode(self.public_key)}
         return {"format": IDENTITY_FORMAT, **public, "created": self.created,
-                "datasets": self.datasets(), "signing_keys": self.signing_keys(),
+                "datasets": self.released_datasets(), "signing_keys": self.signing_keys(),
                 "custody": self.custody.head()}
+
+    def checkpoint(self) -> bytes:
+        """A signed checkpoint (size, head hash) of the custody log (``keys.checkpoint``).
+
+        Refuses a log that does not verify: the owner must never vouch for a damaged history.
+        Logs nothing: a checkpoint attests the log's size, and an entry for it would make that
+        size stale at once (and every checkpoint would grow the log it describes).
+        """
+        self._finish_rotation()
+        first = self.signing_keys()[0]  # the key that created the log names it
+        report = verify_chain(self.custody.path, {"format": IDENTITY_FORMAT, **first, "signing_keys": [first]})
+        if not report.ok:
+            raise KeystoreError(self.custody.path, f"does not verify ({report.problems[0]}); "
+                                                   "refusing to sign a checkpoint of it")
+        if report.active_key_id != self.signing_key_id or report.head is None:
+            raise KeystoreError(self.custody.path, f"the log's key in office is {report.active_key_id}, "
+                                                   f"not {self.signing_key_id}; refusing to sign a checkpoint")
+        return format_checkpoint(first["key_id"], len(report.entries), report.head, self.signing_key_id,
+                                 self.public_key, self.sign)
 
     # -- changes over the keystore's life --------------------------------------------------
 

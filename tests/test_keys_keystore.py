@@ -170,7 +170,8 @@ def test_dataset_keys_are_logged_once_and_listed(store_copy):
 def test_public_identity_verifies_the_log_and_holds_no_secret(store_copy, tmp_path):
     owner = open_keystore(store_copy, PASSPHRASE)
     dataset = owner.dataset_key("fmnist")
-    owner.log("used-for-job", {"manifest_sha256": "ab" * 32})
+    owner.log("used-for-job", {"dataset_id": "fmnist", "key_id": dataset.dataset_key_id,
+                               "manifest_digest": "ab" * 32})
     identity = owner.public_identity()
     assert set(identity) == {"format", "key_id", "public_key", "created", "datasets",
                              "signing_keys", "custody"}
@@ -185,10 +186,16 @@ def test_public_identity_verifies_the_log_and_holds_no_secret(store_copy, tmp_pa
     assert [e["event"] for e in report.entries] == ["key-created", "dataset-derived", "used-for-job"]
 
 
-def test_passphrase_from_environment_wins(monkeypatch, tmp_path):
+def test_passphrase_precedence_flag_then_file_variable_then_variable(monkeypatch, tmp_path):
+    """The explicit flag beats the environment (it once lost to it, silently)."""
     monkeypatch.setenv("PATCHVEIL_PASSPHRASE", "from the environment")
-    (tmp_path / "pass").write_text("from the file\n")
-    assert read_passphrase(tmp_path / "pass") == b"from the environment"
+    monkeypatch.setenv("PATCHVEIL_PASSPHRASE_FILE", str(tmp_path / "named"))
+    (tmp_path / "pass").write_text("from the flag's file\n")
+    (tmp_path / "named").write_text("from the named file\n")
+    assert read_passphrase(tmp_path / "pass") == b"from the flag's file"
+    assert read_passphrase() == b"from the named file"
+    monkeypatch.delenv("PATCHVEIL_PASSPHRASE_FILE")
+    assert read_passphrase() == b"from the environment"
     monkeypatch.setenv("PATCHVEIL_PASSPHRASE", "")
     with pytest.raises(KeystoreError, match="PATCHVEIL_PASSPHRASE: empty passphrase"):
         read_passphrase()
@@ -196,6 +203,7 @@ def test_passphrase_from_environment_wins(monkeypatch, tmp_path):
 
 def test_passphrase_file_loses_exactly_one_trailing_newline(monkeypatch, tmp_path):
     monkeypatch.delenv("PATCHVEIL_PASSPHRASE", raising=False)
+    monkeypatch.delenv("PATCHVEIL_PASSPHRASE_FILE", raising=False)
     for content, expected in [(b"secret words\n", b"secret words"), (b"secret\n\n", b"secret\n"),
                               (b"secret\r\n", b"secret"), (b" padded ", b" padded ")]:
         (tmp_path / "pass").write_bytes(content)
@@ -209,6 +217,7 @@ def test_passphrase_file_loses_exactly_one_trailing_newline(monkeypatch, tmp_pat
 
 def test_prompt_asks_twice_when_confirming(monkeypatch):
     monkeypatch.delenv("PATCHVEIL_PASSPHRASE", raising=False)
+    monkeypatch.delenv("PATCHVEIL_PASSPHRASE_FILE", raising=False)
     answers = iter(["first try", "first try", "one", "two"])
     monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
     assert read_passphrase(confirm=True) == b"first try"
