@@ -29,18 +29,47 @@ def _array(img: Image.Image) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def resize_center_crop(img: np.ndarray, resize: int, size: int) -> np.ndarray:
-    """Resize the shorter side to `resize` (antialiased), then centre-crop size×size."""
+RESAMPLE = Image.Resampling.BICUBIC  # antialiased when shrinking (the support widens with the scale)
+REDUCING_GAP = 3.0  # integer box-reduce first while the rest of the shrink stays >= this factor
+
+
+def center_crop_box(h: int, w: int, resize: int, size: int) -> tuple[float, float, float, float]:
+    """The source region (left, top, right, bottom, in source pixels) that "shorter side to
+    `resize`, then centre crop size×size" keeps.
+
+    Resampling only this region straight to size×size gives the pixels of resizing the whole
+    image and then cropping (Pillow's filter taps still reach outside the box), but computes
+    only the kept part: about half the work of a 4:3 photo, and no crop copy.
+    """
     if resize < size:
         raise ValueError(f"resize {resize} is smaller than the crop size {size}")
-    h, w = img.shape[:2]
     scale = resize / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    pil = _pil(img)
-    if (nh, nw) != (h, w):
-        pil = pil.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
     top, left = (nh - size) // 2, (nw - size) // 2
-    return _array(pil.crop((left, top, left + size, top + size)))
+    sx, sy = w / nw, h / nh
+    if (nh, nw) == (h, w):  # nothing to resample: a plain crop
+        return (left, top, left + size, top + size)
+    return (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+
+
+def resize_box(img: Image.Image, box: tuple[float, float, float, float], size: int) -> Image.Image:
+    """The region `box` of `img` resampled to size×size (cropped only, when it needs no resampling)."""
+    if all(float(v).is_integer() for v in box) and box[2] - box[0] == size == box[3] - box[1]:
+        return img.crop(tuple(int(v) for v in box))
+    # Pillow's reducing_gap, applied as a resize of the whole picture applies it: the integer
+    # box-reduce runs over the whole picture (its blocks aligned at its corner, not the box's).
+    fx = int(round((box[2] - box[0]) / size, 9) / REDUCING_GAP) or 1
+    fy = int(round((box[3] - box[1]) / size, 9) / REDUCING_GAP) or 1
+    if fx > 1 or fy > 1:
+        img = img.reduce((fx, fy))
+        box = (box[0] / fx, box[1] / fy, box[2] / fx, box[3] / fy)
+    return img.resize((size, size), RESAMPLE, box=box)
+
+
+def resize_center_crop(img: np.ndarray, resize: int, size: int) -> np.ndarray:
+    """Resize the shorter side to `resize` (antialiased), then centre-crop size×size."""
+    h, w = img.shape[:2]
+    return _array(resize_box(_pil(img), center_crop_box(h, w, resize, size), size))
 
 
 def random_resized_crop(img: np.ndarray, size: int, rng: RandomSource,
@@ -66,7 +95,7 @@ def random_resized_crop(img: np.ndarray, size: int, rng: RandomSource,
                  (round(h * ratio[1]), h) if in_ratio > ratio[1] else (w, h)
         cw, ch = min(cw, w), min(ch, h)
         box = ((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch)
-    pil = _pil(img).resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+    pil = _pil(img).resize((size, size), RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
     if flip and rng.randbelow(2):
         pil = pil.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return _array(pil)
@@ -81,7 +110,7 @@ def letterbox(img: np.ndarray, size: int, boxes: np.ndarray, fill: int = 0) -> t
     h, w = img.shape[:2]
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    resized = _pil(img).resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    resized = _pil(img).resize((nw, nh), RESAMPLE, reducing_gap=REDUCING_GAP)
     canvas = Image.new(resized.mode, (size, size), fill)
     canvas.paste(resized, (0, 0))
     out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale
