@@ -28,21 +28,6 @@ from shards.console import progress_bar
 from shards.common import atomic_write_bytes, fsync_directory
 from shards.manifest import Manifest
 
-# What was measured (docs/privacy.md), said whenever a mode is used, the default included.
-MODE_RISK = {
-    "shuffle": "a jigsaw solver restores 96% of patch neighbours of 16 px shuffled photos (faces and "
-               "objects visible again); a learned attacker makes 86% of Fashion-MNIST items recognizable "
-               "and re-identifies 69% among ~50 of their class (chance 2%)",
-    "mix": "mix keeps layout and colours: a deconvolution gives a 22 dB picture of every photo and "
-           "re-identifies 95% of Fashion-MNIST items among ~50 of their class (chance 2%)",
-    "mix-shuffle": "photos resist the placement attacks here (12% of neighbours), but a learned attacker "
-                   "still re-identifies 32% of Fashion-MNIST items among ~50 of their class (chance 2%)",
-    "mix-shuffle-orient": "no placement attack here gets over 1% of neighbours, yet a learned attacker "
-                          "re-identifies 11% of Fashion-MNIST items among ~50 of their class (chance 2%), "
-                          "and training reaches only ~0.54 of plain top-1 (Fashion-MNIST)",
-    "none": "no cipher: plain images, for baselines only",
-}
-
 PREFLIGHT_PROBE = 64
 """Images per split whose header `preflight` reads (at most) before anything is written."""
 
