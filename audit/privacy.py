@@ -247,7 +247,8 @@ def _learned(cases: list[Case], s: _Setting) -> None:
 
 def _learned_oriented(cases: list[Case], s: _Setting) -> None:
     public = _public_photos(cases[0].original.shape[-1])
-    model = train_turned_attacker(public, s.tile, s.side, s.learned_steps, mixed_from_patch=s.patch, **_LEARNED)
+    model = train_turned_attacker(public, s.tile, s.side, s.learned_steps,
+                                  mixed_from_patch=s.patch if s.mixing else None, **_LEARNED)
     placements, turns = turned_attack(model, _stored_batch(cases, s))
     for case, placement, turn in zip(cases, placements, turns):
         scores = {"neighbour": oriented_neighbour_accuracy(placement, turn, case.perm, case.orientations, s.side)}
