@@ -118,9 +118,9 @@ def main() -> None:
             tiles[path]["plain"] = reference
     _preview(tiles, out / "preview.png")
 
-    print(f"\n{'mode':<12} {'samples':>8} {'stored':>7} {'MB':>6} {'seconds':>8}  verify")
+    print(f"\n{'mode':<20} {'samples':>8} {'stored':>7} {'MB':>6} {'seconds':>8}  verify")
     for mode, samples, problems, stored, seconds, nbytes in rows:
-        print(f"{mode:<12} {samples:>8} {stored:>7} {nbytes / 1e6:>6.2f} {seconds:>8.1f}  "
+        print(f"{mode:<20} {samples:>8} {stored:>7} {nbytes / 1e6:>6.2f} {seconds:>8.1f}  "
               f"{'ok' if problems == 0 else 'FAILED'}")
     print(f"\ncustody log: {len(chain.entries)} entries, chain ok")
     print(f"key holder re-encrypted and decrypted {exact}/{checked} samples exactly (every mode)")
