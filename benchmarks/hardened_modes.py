@@ -99,12 +99,15 @@ def encrypt_row(images: np.ndarray, row: str, key: DatasetKey, split: str, patch
     tiles = (x.shape[1] // tile) * (x.shape[2] // tile)
     if "scramble" in row:
         x = ciphers.scramble_tiles(x, scramble_of(key, tile, x.shape[-1]), tile)
-    ids = [f"{split}-{i}" for i in range(len(images))]
-    perms = np.stack([key.permutation(tiles, split, i) for i in ids])
+    # The encryptor's own derivation (encrypt.ciphers.draw_secrets, which the shipped modes'
+    # `secrets` use too), so a shipped row here is the release's cipher, secrets included.
+    secrets = [ciphers.draw_secrets(key, split, f"{split}-{i}", tiles, tiles if "orient" in row else 0)
+               for i in range(len(images))]
+    perms = np.stack([s.perm for s in secrets])
     x = ciphers.shuffle(x, perms, tile)
     turns = None
     if "orient" in row:
-        turns = np.stack([ciphers.keyed_orientations(key, tiles, split, i) for i in ids])
+        turns = np.stack([s.turns for s in secrets])
         x = ciphers.orient_tiles(x, turns, tile)
     return x, perms, turns
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 
-from encrypt.ciphers import ALL_MODES, ORIENTED_MODES
 from encrypt.decrypt import decrypt_release
 from encrypt.forget import forget_samples
 from encrypt.distribute import check_address
@@ -23,6 +22,7 @@ from keys.keystore import open_keystore
 from keys.passphrase import PASSPHRASE_HELP, read_passphrase
 from shards.console import command_group
 from shards.errors import require
+from shards.modes import MODES, NAMES
 
 DEFAULT_MODE = "mix-shuffle"
 
@@ -62,7 +62,8 @@ def job_options(fn):
 
 def _job_settings(**fields) -> JobSettings:
     """The job's settings, refused with the option's name when the manifest would refuse them."""
-    if not fields["mode"].startswith("mix"):
+    facts = MODES.get(fields["mode"])
+    if facts is not None and not facts.mixes:
         fields["sub_patch"] = None
     return JobSettings(**fields)
 
@@ -110,7 +111,7 @@ def cli() -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 @keystore_options
 @job_options
-@click.option("--mode", type=click.Choice(ALL_MODES + ("none",)), default=DEFAULT_MODE, show_default=True,
+@click.option("--mode", type=click.Choice(NAMES), default=DEFAULT_MODE, show_default=True,
               help="Cipher (docs/privacy.md measures each). `none` writes plain images for baselines only.")
 @click.option("--resize", type=int, help="Shorter side before the centre crop (default: size·8/7).")
 @click.option("--views", default=1, show_default=True,
@@ -152,8 +153,9 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
 @click.argument("out", type=click.Path(path_type=Path))
 @keystore_options
 @job_options
-@click.option("--mode", default="mix", show_default=True,
-              help="Only `mix` (or `none` for baselines): shuffled positions cannot carry boxes.")
+@click.option("--mode", type=click.Choice(NAMES), default="mix", show_default=True,
+              help="A mode that keeps patch positions (`mix`, or `none` for baselines): shuffled "
+                   "positions cannot carry boxes.")
 @click.option("--split", default="train", show_default=True, help="Split name for these images.")
 def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch, sub_patch, size, fmt,
          quality, grayscale, shard_samples, num_cpus, max_skipped, ray_address, resume, quiet, mode, split):
@@ -164,11 +166,9 @@ def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch,
       encrypt-dataset coco ~/coco/train2017 ~/coco/annotations/instances_train2017.json \\
           ~/coco-release --keystore ~/pv-keys --mode mix --size 512
     """
-    if mode in ("shuffle", "mix-shuffle") + ORIENTED_MODES:
+    if not MODES[mode].keeps_positions:
         raise InputError(f"--mode {mode} cannot be used for detection: shuffled patch positions "
                          "cannot carry boxes; use --mode mix")
-    if mode not in ("mix", "none"):
-        raise InputError(f"--mode {mode} is not a cipher; use --mode mix")
     settings = _job_settings(mode=mode, patch=patch, sub_patch=sub_patch, size=size, resize=size, views=1,
                              format=fmt, quality=quality, channels=1 if grayscale else 3,
                              shard_samples=shard_samples, task="detection", min_side=1)
@@ -208,7 +208,7 @@ def decrypt(out, dest, keystore, passphrase_file, ids, quiet):
     summary = decrypt_release(out, dest, store, ids=wanted, progress=not quiet)
     extra = "" if summary.named_by == "path" else " (no sealed index in the keystore: files are named by sample id)"
     click.echo(f"decrypted {summary.samples} {summary.mode} samples into {summary.dest}{extra}")
-    if summary.mode.startswith("mix-shuffle"):
+    if MODES[summary.mode].mixes:
         click.echo(f"note: {summary.mode} decrypts to the mixed image; the averaging cannot be undone")
 
 

@@ -26,12 +26,11 @@ from typing import Any
 from shards.common import (SHARD_NAME_PATTERN, DatasetKeyID, SPLIT_PATTERN, atomic_write_bytes, b64decode_canonical,  # noqa: F401
                            b64encode, canonical_json, fsync_directory)
 from shards.errors import PatchveilError
+from shards.modes import GeometryError, Mode, mode_of
 from shards.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Sign, verify_signature
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-MODES = ("shuffle", "mix", "mix-shuffle", "mix-shuffle-orient", "none")
-MIXING_MODES = ("mix", "mix-shuffle", "mix-shuffle-orient")
 STORAGE_FORMATS = ("jpeg", "png")
 TASKS = ("classification", "detection")
 MAX_MANIFEST_BYTES = 64 * 2**20
@@ -138,6 +137,21 @@ def _nested(name: str, build: Any, *args: Any) -> Any:
         raise ManifestError(f"{name}.{e}") from None
 
 
+def _mode(name: Any) -> Mode:
+    try:
+        return mode_of(name)
+    except GeometryError as exc:
+        raise ManifestError(str(exc)) from None
+
+
+def _geometry(mode: Mode, image_size: tuple[int, int], patch: int, sub_patch: Any) -> tuple[int, int]:
+    """The table's geometry rule, its refusal as a ManifestError naming the field."""
+    try:
+        return mode.stored_size(image_size, patch, sub_patch)
+    except GeometryError as exc:
+        raise ManifestError(str(exc)) from None
+
+
 # -- the three records ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -158,22 +172,14 @@ class CipherSpec:
     channels: int
 
     def __post_init__(self) -> None:
-        _check_choice(self.mode, "mode", MODES)
+        mode = _mode(self.mode)
         patch = _check_int(self.patch, "patch", 1)
         h, w = _check_size(self.image_size, "image_size")
         object.__setattr__(self, "image_size", (h, w))
         object.__setattr__(self, "stored_size", _check_size(self.stored_size, "stored_size"))
-        if h % patch or w % patch:
-            raise ManifestError(f"image_size: {h}x{w} is not divisible by the patch {patch}")
-        if self.mode in MIXING_MODES:
-            sub = _check_int(self.sub_patch, "sub_patch", 1)
-            if sub >= patch or patch % sub:
-                raise ManifestError(f"sub_patch: {sub} must be smaller than and divide the patch {patch}")
-            expected = (h // patch * sub, w // patch * sub)
-        else:
-            if self.sub_patch is not None:
-                raise ManifestError(f"sub_patch: must be null for mode {self.mode}")
-            expected = (h, w)
+        if mode.mixes:
+            _check_int(self.sub_patch, "sub_patch", 1)
+        expected = _geometry(mode, (h, w), patch, self.sub_patch)
         if self.stored_size != expected:
             got = self.stored_size
             raise ManifestError(f"stored_size: {self.mode} of {h}x{w} stores "
@@ -194,24 +200,28 @@ class CipherSpec:
         The data owner's options go through here before anything is written, so an option is
         accepted exactly when the manifest it leads to would be.
         """
-        _check_choice(mode, "mode", MODES)
+        facts = _mode(mode)
         p = _check_int(patch, "patch", 1)
         h, w = _check_size(image_size, "image_size")
-        stored = (h, w)
-        if mode in MIXING_MODES:
-            s = _check_int(sub_patch, "sub_patch", 1)
-            stored = (h // p * s, w // p * s)
+        if facts.mixes:
+            _check_int(sub_patch, "sub_patch", 1)
+        stored = _geometry(facts, (h, w), p, sub_patch)
         return cls(mode, patch, sub_patch, (h, w), stored, format, quality, channels)
+
+    @property
+    def facts(self) -> Mode:
+        """This mode's row of the table (shards.modes): what it mixes, shuffles, turns."""
+        return mode_of(self.mode)
 
     @property
     def encrypted(self) -> bool:
         """False for the plain baseline (`none`), which a release must flag as such."""
-        return self.mode != "none"
+        return self.facts.encrypted
 
     @property
     def tile(self) -> int:
         """Side of one stored token tile: the patch, or the sub-patch once patches are mixed."""
-        return self.sub_patch if self.mode in MIXING_MODES else self.patch
+        return self.facts.tile(self.patch, self.sub_patch)
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -69,7 +69,7 @@ def test_per_tile_turns_are_aligned_away_with_twenty_images(fmnist):
     truth = ciphers.to_tokens(ciphers.shuffle(victims[50], perms[50], TILE), TILE)
     got = ciphers.to_tokens(image, TILE)
     textured = truth.reshape(64, -1).std(axis=1) > 20
-    best = max(np.mean([np.array_equal(ciphers._turn(g[None], k)[0], t)
+    best = max(np.mean([np.array_equal(ciphers.turn(g[None], k)[0], t)
                         for g, t in zip(got[textured], truth[textured])]) for k in range(8))
     assert best > 0.75
 

@@ -23,7 +23,7 @@ from timm.models import build_model_with_cfg
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from train.models.registry import Variant, register_family, sized_variants
+from train.models.registry import Variant, declare_family, register_family, sized_variants
 from train.models.rpe import ReferencePositionalEncoding
 
 __all__ = ["DihedralPatchEmbed", "create_d4vit", "turn_tiles"]
@@ -103,6 +103,8 @@ def create_d4vit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
     )
 
 
+# Tiles moved and each turned: position-free tokens invariant to the turn.
+declare_family("d4vit", "classification", ("mix-shuffle-orient",))
 register_family(__name__, create_d4vit, {
     **sized_variants("d4vit_{size}_patch16_224", dict(patch_size=16, img_size=224), (3, 224, 224),
                      "D4-ViT-{abbr}/16 for turned and shuffled 224 px images."),

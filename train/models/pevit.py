@@ -24,7 +24,7 @@ from typing import Any
 from timm.models import build_model_with_cfg
 from timm.models.vision_transformer import VisionTransformer
 
-from train.models.registry import Variant, register_family, sized_variants
+from train.models.registry import Variant, declare_family, register_family, sized_variants
 from train.models.rpe import RPEPatchEmbed
 
 __all__ = ["create_pevit"]
@@ -55,6 +55,8 @@ def create_pevit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
     )
 
 
+# Tiles moved but upright: position-free tokens read them in any order.
+declare_family("pevit", "classification", ("shuffle", "mix-shuffle"))
 register_family(__name__, create_pevit, {
     **sized_variants("pevit_{size}_patch16_224", dict(patch_size=16, img_size=224), (3, 224, 224),
                      "PEViT-{abbr}/16 for shuffled 224 px images."),
