@@ -16,7 +16,7 @@ Sections (--sections, comma-separated):
               rate, plain included. "prototype_recognizability": the row's classifier, trained
               on ciphertexts of its own key as anyone can, names each encrypted test image's
               class and a public plain exemplar of that class is shown to the recognizer
-              (audit/recognize.py) — how much "recognizability" needs no reconstruction at all.
+              (benchmarks/research/recognize.py) — how much "recognizability" needs no reconstruction at all.
   photos      the five scikit-image photos at 224 px, patch 16, sub-patch 8: the jigsaw solver
               (the oriented solver for turned modes; for scrambled modes the statistics attack
               first, from the five stored images): neighbour accuracy, PSNR, SSIM.
@@ -52,15 +52,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from audit.attacks.inversion import deconvolve  # noqa: E402
 from audit.attacks.jigsaw import reconstruct  # noqa: E402
 from audit.attacks.learned import attack, public_photos, train_position_attacker  # noqa: E402
 from audit.attacks.oriented import (draw, oriented_neighbour_accuracy, reconstruct_oriented,  # noqa: E402
                                     train_turned_attacker, turned_attack, upright_picture)
-from audit.attacks.statistics import recover_scramble, scramble_accuracy, undo_scramble, upright  # noqa: E402
+from research.recognize import recognizability, resize_batch, train_recognizer  # noqa: E402
+from research.scramble import scramble_length, scramble_tiles  # noqa: E402
+from research.statistics_attack import recover_scramble, scramble_accuracy, undo_scramble, upright  # noqa: E402
 from audit.metrics import neighbour_accuracy, psnr, reidentification, ssim  # noqa: E402
-from audit.recognize import recognizability, resize_batch, train_recognizer  # noqa: E402
 from conftest import load_fashion_mnist, natural_photos  # noqa: E402
 from encrypt import ciphers  # noqa: E402
 from keys.derive import DatasetKey  # noqa: E402
@@ -81,7 +83,7 @@ def throwaway_key(name: str) -> DatasetKey:
 
 def scramble_of(key: DatasetKey, tile: int, channels: int) -> np.ndarray:
     """The per-dataset scramble: a permutation from the dataset key's own subkey stream."""
-    return np.array(KeyStream(key.subkey("tile-scramble")).permutation(ciphers.scramble_length(tile, channels)))
+    return np.array(KeyStream(key.subkey("tile-scramble")).permutation(scramble_length(tile, channels)))
 
 
 def encrypt_row(images: np.ndarray, row: str, key: DatasetKey, split: str, patch: int,
@@ -98,7 +100,7 @@ def encrypt_row(images: np.ndarray, row: str, key: DatasetKey, split: str, patch
     tile = sub_patch if row.startswith("mix") else patch
     tiles = (x.shape[1] // tile) * (x.shape[2] // tile)
     if "scramble" in row:
-        x = ciphers.scramble_tiles(x, scramble_of(key, tile, x.shape[-1]), tile)
+        x = scramble_tiles(x, scramble_of(key, tile, x.shape[-1]), tile)
     # The encryptor's own derivation (encrypt.ciphers.draw_secrets, which the shipped modes'
     # `secrets` use too), so a shipped row here is the release's cipher, secrets included.
     secrets = [ciphers.draw_secrets(key, split, f"{split}-{i}", tiles, tiles if "orient" in row else 0)

@@ -38,7 +38,7 @@ from audit.attacks.inversion import deconvolve, invert, train_upsampler, upsampl
 from audit.attacks.jigsaw import reconstruct  # noqa: E402
 from audit.attacks.learned import attack, public_photos, train_position_attacker  # noqa: E402
 from audit.metrics import direct_accuracy, neighbour_accuracy, psnr, ssim  # noqa: E402
-from audit.recognize import recognizability, resize_batch, train_recognizer  # noqa: E402
+from research.recognize import recognizability, resize_batch, train_recognizer  # noqa: E402
 from conftest import load_fashion_mnist, natural_photos  # noqa: E402
 from encrypt.ciphers import CIPHERS, Secrets  # noqa: E402
 from shards.modes import CIPHER_MODES, MODES  # noqa: E402

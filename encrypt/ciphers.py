@@ -18,10 +18,6 @@ tiles of a row-major grid: token i sits at row i // cols, column i % cols.
                of D4 (`orient_tiles`); models read it with a D4-invariant embedding.
 
 Hardened building blocks (docs/privacy.md measures every combination):
-- scramble_tiles: one fixed permutation of the t·t·C values inside every tile, the same for
-               every tile of every image of a dataset (a per-dataset secret). A linear patch
-               embedding absorbs it exactly; a statistics attack over many images can undo it
-               (audit/attacks/statistics.py).
 - orient_tiles: each tile turned by its own element of the dihedral group D4 (8 flips and
                quarter turns), drawn per image; models use an embedding invariant to D4.
 """
@@ -165,31 +161,6 @@ def _tile_grid(img: np.ndarray, tile: int) -> tuple[np.ndarray, bool, int, int]:
 def _untile(tokens: np.ndarray, squeeze: bool, rows: int, cols: int) -> np.ndarray:
     out = from_tokens(tokens, rows, cols)
     return out[..., 0] if squeeze else out
-
-
-def scramble_length(tile: int, channels: int) -> int:
-    """Values inside one tile: the length of a scramble permutation."""
-    return tile * tile * channels
-
-
-def scramble_tiles(img: np.ndarray, perm, tile: int) -> np.ndarray:
-    """Reorder the t·t·C values of every tile by one permutation: out value k = in value perm[k].
-
-    Values are numbered row-major over (row, column, channel) inside the tile.
-    """
-    tokens, squeeze, rows, cols = _tile_grid(img, tile)
-    perm = np.asarray(perm, dtype=np.intp)
-    size = scramble_length(tile, tokens.shape[-1])
-    if perm.shape != (size,):
-        raise ValueError(f"scramble permutation has {perm.size} entries, a {tile}x{tile}x{tokens.shape[-1]} "
-                         f"tile has {size} values")
-    flat = tokens.reshape(*tokens.shape[:-3], size)[..., perm]
-    return _untile(flat.reshape(tokens.shape), squeeze, rows, cols)
-
-
-def unscramble_tiles(img: np.ndarray, perm, tile: int) -> np.ndarray:
-    """Undo scramble_tiles with the same permutation (byte-exact)."""
-    return scramble_tiles(img, _inverse(perm), tile)
 
 
 def turn(tokens: np.ndarray, k: int) -> np.ndarray:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from shards.modes import mode_of
+
 RESULTS = Path(__file__).with_name("measured_risk.json")
 ROW_OF_MODE = {"none": "plain"}  # the benchmarks call the no-cipher baseline "plain"
 
@@ -34,7 +36,7 @@ def figures(mode: str, results: dict) -> dict:
     if "neighbour" in photos:
         out["photo_neighbour"] = photos["neighbour"]
         out["photo_attack"] = photos["attack"]
-    if "psnr" in photos and mode == "mix":
+    if "psnr" in photos and mode_of(mode).keeps_positions:  # an inversion, not a placement attack
         out["photo_psnr"] = photos["psnr"]
         out["photo_attack"] = photos["attack"]
     if "reidentification" in learned:
@@ -48,7 +50,7 @@ def figures(mode: str, results: dict) -> dict:
 
 def risk_line(mode: str, results: dict | None = None) -> str:
     """One sentence of measured figures for `mode`; numbers exactly as stored in the file."""
-    if mode == "none":
+    if not mode_of(mode).encrypted:
         return "no cipher: plain images, for baselines only"
     f = figures(mode, load() if results is None else results)
     parts = []
@@ -89,13 +91,13 @@ BEGIN, END = "<!-- measured-risk:begin -->", "<!-- measured-risk:end -->"
 
 def rewrite_docs(doc: Path | str) -> None:
     """Re-render the marked table of docs/privacy.md from the results file."""
-    from encrypt.ciphers import ALL_MODES
+    from shards.modes import NAMES
 
     doc = Path(doc)
     text = doc.read_text()
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    doc.write_text(head + BEGIN + "\n" + markdown_table(ALL_MODES + ("none",)) + "\n" + END + tail)
+    doc.write_text(head + BEGIN + "\n" + markdown_table(NAMES) + "\n" + END + tail)
 
 
 if __name__ == "__main__":  # python -m encrypt.risk docs/privacy.md

@@ -18,6 +18,7 @@ from encrypt.cli import cli
 from encrypt.decode import decode_image
 from encrypt.geometry import resize_center_crop
 from encrypt.risk import risk_line
+from research.scramble import scramble_length, scramble_tiles, unscramble_tiles
 from keys.derive import DatasetKey
 from releases import make_keystore, make_release, write_imagefolder
 from shards.manifest import CipherSpec
@@ -78,14 +79,14 @@ def test_orient_batch_takes_one_row_of_turns_per_image(fmnist_small):
 
 def test_scramble_moves_the_same_values_in_every_tile(photos):
     img = photos["rocket"]
-    perm = np.random.default_rng(RNG_SEED).permutation(ciphers.scramble_length(16, 3))
-    enc = ciphers.scramble_tiles(img, perm, 16)
+    perm = np.random.default_rng(RNG_SEED).permutation(scramble_length(16, 3))
+    enc = scramble_tiles(img, perm, 16)
     for plain, stored in list(zip(tiles_of(img, 16), tiles_of(enc, 16)))[::37]:
         assert np.array_equal(stored.reshape(-1), plain.reshape(-1)[perm])
         assert Counter(stored.reshape(-1).tolist()) == Counter(plain.reshape(-1).tolist())
-    assert ciphers.unscramble_tiles(enc, perm, 16).tobytes() == img.tobytes()
+    assert unscramble_tiles(enc, perm, 16).tobytes() == img.tobytes()
     with pytest.raises(ValueError, match="scramble permutation has 10 entries, a 16x16x3 tile has 768"):
-        ciphers.scramble_tiles(img, np.arange(10), 16)
+        scramble_tiles(img, np.arange(10), 16)
 
 
 def test_mix_shuffle_orient_is_mix_shuffle_then_turns_and_decrypts_to_the_mixed_image(photos):
