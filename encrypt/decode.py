@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from encrypt.sources import InputError
 
-class DecodeError(Exception):
+
+class DecodeError(InputError):
     """The file is not a usable image; the message is the reason (no path: callers add it)."""
 
 

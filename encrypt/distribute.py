@@ -21,7 +21,8 @@ from pathlib import Path
 
 from encrypt.job import ShardResult, encrypt_shard
 from encrypt.plan import JobSettings, ShardTask
-from shards.errors import PatchveilError, first_line
+from encrypt.sources import InputError
+from shards.errors import first_line
 
 TASK_RETRIES = 3
 CONNECT_TIMEOUT_S = 5.0  # the TCP check of a cluster address, before ray.init
@@ -29,11 +30,11 @@ _NO_PROBE = {"auto", "local"}  # addresses Ray resolves itself
 _WORKER = re.compile(r"\(pid=(\d+), ip=([^,)\s]+)")  # "ray::encrypt_shard() (pid=1, ip=10.0.0.5)"
 
 
-class ClusterError(PatchveilError):
+class ClusterError(InputError):
     """Ray could not be started or the cluster could not be joined (exit 2)."""
 
 
-class ShardTaskError(PatchveilError):
+class ShardTaskError(InputError):
     """A shard's task failed on a Ray worker; names the shard and the node (exit 2)."""
 
 

@@ -25,7 +25,7 @@ from typing import Any
 # shards.common; they stay importable from here for the packages that import them so.
 from shards.common import (SHARD_NAME_PATTERN, DatasetKeyID, SPLIT_PATTERN, atomic_write_bytes, b64decode_canonical,  # noqa: F401
                            b64encode, canonical_json, fsync_directory)
-from shards.errors import PatchveilError
+from shards.errors import ContractError
 from shards.modes import GeometryError, Mode, mode_of
 from shards.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Sign, verify_signature
 
@@ -38,7 +38,7 @@ MAX_MANIFEST_BYTES = 64 * 2**20
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ManifestError(PatchveilError, ValueError):
+class ManifestError(ContractError):
     """A manifest is malformed, from a newer format version, or fails its signature check.
 
     The message is one line: the field (or file) at fault and the reason.

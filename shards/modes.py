@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shards.errors import ContractError
+
 __all__ = ["CIPHER_MODES", "GeometryError", "MODES", "Mode", "NAMES", "mode_of"]
 
 
-class GeometryError(ValueError):
+class GeometryError(ContractError):
     """A geometry a mode cannot have; `field` names the cipher field at fault."""
 
     def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
+        super().__init__(field, reason)
+        self.field = field
 
 
 @dataclass(frozen=True)

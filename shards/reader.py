@@ -23,7 +23,7 @@ from typing import Any, Callable, Collection, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from shards.errors import PatchveilError
+from shards.errors import ContractError
 from shards.manifest import MANIFEST_NAME, CipherSpec, Manifest, ManifestError, ShardEntry
 from shards.writer import KEY_PATTERN, TEMP_PATTERN
 
@@ -33,7 +33,7 @@ STORAGE_EXTENSION = {"jpeg": "jpg", "png": "png"}
 _CHUNK = 1 << 20
 
 
-class ShardError(PatchveilError, ValueError):
+class ShardError(ContractError):
     """A shard breaks the contract; the one-line message names the shard and the reason."""
 
 
