@@ -84,8 +84,6 @@ def create_d4vit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
 
     Extra kwargs: ``d4_hidden_dim`` (width before the mean), ``rpe_hidden_dim``.
     """
-    if pretrained:
-        raise ValueError(f"{variant}: no pretrained weights exist for D4-ViT; use pretrained=False")
     if kwargs.get("pos_embed", "none") not in ("", "none"):
         raise ValueError(f"{variant}: D4-ViT has no absolute position embedding by design")
     kwargs.pop("pos_embed", None)
@@ -94,7 +92,7 @@ def create_d4vit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
     return build_model_with_cfg(
         VisionTransformer,
         variant,
-        pretrained=False,
+        pretrained=pretrained,  # only a local file (train-encrypted export): nothing to download
         pos_embed="none",
         class_token=True,
         embed_layer=embed_layer,

@@ -139,8 +139,6 @@ def create_mivit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
     Extra kwargs: ``sub_patch`` (s), ``input_mixed`` (default True), ``mi_hidden_dim``
     (channels between the s×s conv and the 1×1 conv; default the embedding width).
     """
-    if pretrained:
-        raise ValueError(f"{variant}: no pretrained weights exist for MI-ViT; use pretrained=False")
     embed_layer = partial(
         MixedPatchEmbed,
         sub_patch=kwargs.pop("sub_patch"),
@@ -150,7 +148,7 @@ def create_mivit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
     return build_model_with_cfg(
         VisionTransformer,
         variant,
-        pretrained=False,
+        pretrained=pretrained,  # only a local file (train-encrypted export): nothing to download
         embed_layer=embed_layer,
         feature_cfg=dict(out_indices=3, feature_cls="getter"),
         **kwargs,

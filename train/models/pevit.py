@@ -35,8 +35,6 @@ def create_pevit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
 
     ``rpe_hidden_dim`` sets the RPE hidden width (default: the embedding width).
     """
-    if pretrained:
-        raise ValueError(f"{variant}: no pretrained weights exist for PEViT; use pretrained=False")
     if kwargs.get("pos_embed", "none") not in ("", "none"):
         raise ValueError(f"{variant}: PEViT has no absolute position embedding by design")
     if not kwargs.get("class_token", True):
@@ -46,7 +44,7 @@ def create_pevit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
     return build_model_with_cfg(
         VisionTransformer,
         variant,
-        pretrained=False,
+        pretrained=pretrained,  # only a local file (train-encrypted export): nothing to download
         pos_embed="none",
         class_token=True,
         embed_layer=embed_layer,
