@@ -13,7 +13,7 @@ import click
 
 from encrypt.decrypt import decrypt_release
 from encrypt.forget import forget_samples
-from encrypt.distribute import check_address
+from encrypt.distribute import check_address, load_runtime_env
 from encrypt.main import check_out_dir, encrypt_dataset, preflight
 from encrypt.plan import JobSettings, check_split
 from encrypt.risk import risk_line
@@ -51,7 +51,14 @@ def job_options(fn):
         click.option("--max-skipped", type=click.FloatRange(0, 1, min_open=True), metavar="FRACTION",
                      help="Refuse the release (nothing signed) when more than this fraction of the images "
                           "is skipped. Always refused: a split left empty."),
-        click.option("--ray-address", help="Join this Ray cluster instead of starting a local one."),
+        click.option("--ray-address", envvar="RAY_ADDRESS", metavar="HOST:PORT|ray://HOST:PORT|auto",
+                     help="Join this Ray cluster instead of starting a local one (default: $RAY_ADDRESS; "
+                          "`auto`: the cluster started on this machine). The cluster's CPUs are used; "
+                          "--num-cpus only sizes a local Ray."),
+        click.option("--ray-runtime-env", metavar="JSON|FILE",
+                     help="Ray runtime environment for the workers, inline JSON or a JSON file, so nodes "
+                          "need no pre-install, e.g. '{\"py_modules\": [\"encrypt\", \"keys\", \"shards\"], "
+                          "\"pip\": [\"numpy\", \"pillow\", \"cryptography\"]}' (docs/data-owner.md)."),
         click.option("--resume", is_flag=True, help="Continue an interrupted job in the same OUT."),
         click.option("--quiet", is_flag=True, help="No progress bar (bars are drawn on a terminal only)."),
     ]
@@ -68,11 +75,13 @@ def _job_settings(**fields) -> JobSettings:
     return JobSettings(**fields)
 
 
-def _check_workers(num_cpus: int, ray_address: str | None) -> None:
+def _check_workers(num_cpus: int, ray_address: str | None, ray_runtime_env: str | None = None):
+    """Ray options checked before OUT exists; the runtime environment parsed (None: none given)."""
     if num_cpus > 0 or ray_address:
         require("ray", "encrypt-dataset with --num-cpus > 0 or --ray-address")
     if ray_address:
         check_address(ray_address)
+    return load_runtime_env(ray_runtime_env)
 
 
 def _warn_mode(mode: str) -> None:
@@ -120,7 +129,7 @@ def cli() -> None:
 @click.option("--hide-class-names", is_flag=True, help="Keep only the class count in the manifest.")
 @click.option("--min-side", type=int, help="Skip images whose shorter side is below this (default: size/4).")
 def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patch, size, fmt, quality,
-                grayscale, shard_samples, num_cpus, max_skipped, ray_address, resume, quiet, mode, resize,
+                grayscale, shard_samples, num_cpus, max_skipped, ray_address, ray_runtime_env, resume, quiet, mode, resize,
                 views, split, hide_class_names, min_side):
     """Encrypt an ImageFolder tree: SRC/{train,val}/{class}/* or SRC/{class}/*.
 
@@ -134,14 +143,15 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
                              format=fmt, quality=quality, channels=1 if grayscale else 3,
                              shard_samples=shard_samples, min_side=size // 4 if min_side is None else min_side)
     split = check_split(split)
-    _check_workers(num_cpus, ray_address)
+    runtime_env = _check_workers(num_cpus, ray_address, ray_runtime_env)
     check_out_dir(out, [src], resume)
     listing = list_imagefolder(src, split)
     preflight(listing, settings, out)
     store = _open_keystore(keystore, passphrase_file)
     _warn_mode(mode)  # after every input check: an error stays the only line
     summary = encrypt_dataset(listing, out, store, dataset_id or Path(src).resolve().name, settings,
-                              workers=num_cpus, ray_address=ray_address, resume=resume,
+                              workers=num_cpus, ray_address=ray_address, ray_runtime_env=runtime_env,
+                              resume=resume,
                               hide_class_names=hide_class_names, progress=not quiet,
                               max_skipped_fraction=max_skipped)
     _report(summary, out)
@@ -158,7 +168,8 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
                    "positions cannot carry boxes.")
 @click.option("--split", default="train", show_default=True, help="Split name for these images.")
 def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch, sub_patch, size, fmt,
-         quality, grayscale, shard_samples, num_cpus, max_skipped, ray_address, resume, quiet, mode, split):
+         quality, grayscale, shard_samples, num_cpus, max_skipped, ray_address, ray_runtime_env, resume, quiet, mode,
+         split):
     """Encrypt a COCO detection set: IMAGES folder + instances JSON, letterboxed to --size.
 
     \b
@@ -173,14 +184,15 @@ def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch,
                              format=fmt, quality=quality, channels=1 if grayscale else 3,
                              shard_samples=shard_samples, task="detection", min_side=1)
     split = check_split(split)
-    _check_workers(num_cpus, ray_address)
+    runtime_env = _check_workers(num_cpus, ray_address, ray_runtime_env)
     check_out_dir(out, [images], resume)
     listing = list_coco(images, annotations, split)
     preflight(listing, settings, out)
     store = _open_keystore(keystore, passphrase_file)
     _warn_mode(mode)  # after every input check: an error stays the only line
     summary = encrypt_dataset(listing, out, store, dataset_id or Path(images).resolve().name, settings,
-                              workers=num_cpus, ray_address=ray_address, resume=resume, progress=not quiet,
+                              workers=num_cpus, ray_address=ray_address, ray_runtime_env=runtime_env,
+                              resume=resume, progress=not quiet,
                               max_skipped_fraction=max_skipped)
     _report(summary, out)
 

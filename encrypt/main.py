@@ -7,6 +7,7 @@ owner's report. This is the function the command line, the demo and the tests ca
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from encrypt.distribute import check_address, run_shards
+from encrypt.distribute import check_address, cluster_address, load_runtime_env, run_shards
 from encrypt.journal import Journal, make_owner_dir, own_leftovers, owner_dir
 from encrypt.lock import holds_release
 from encrypt.plan import JobSettings, plan_shards
@@ -26,6 +27,7 @@ from encrypt.sources import InputError, Skipped, SourceListing, display_path
 from keys.index import save_index
 from shards.console import progress_bar
 from shards.common import atomic_write_bytes, fsync_directory
+from shards.info import INFO_NAME, info_bytes, info_sha256
 from shards.manifest import Manifest
 
 PREFLIGHT_PROBE = 64
@@ -202,6 +204,7 @@ def _discard_outputs(out_dir: Path, tasks, journal: Journal, created_out: bool) 
         return
     for task in tasks:
         (out_dir / task.name).unlink(missing_ok=True)
+    (out_dir / INFO_NAME).unlink(missing_ok=True)  # a crash after it, before the manifest
     journal.discard()
     fsync_directory(out_dir)
     if created_out:
@@ -214,7 +217,7 @@ def _discard_outputs(out_dir: Path, tasks, journal: Journal, created_out: bool) 
 @holds_release
 def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id: str,
                     settings: JobSettings, *, workers: int = 0, ray_address: str | None = None,
-                    resume: bool = False, hide_class_names: bool = False,
+                    ray_runtime_env: dict | str | None = None, resume: bool = False, hide_class_names: bool = False,
                     progress: bool = True, max_skipped_fraction: float | None = None,
                     probe: int = PREFLIGHT_PROBE) -> JobSummary:
     """Encrypt a listed dataset into signed shards under out_dir; return the summary.
@@ -236,6 +239,8 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
     created_out = not out_dir.exists()
     if not resuming and not created_out and any(out_dir.iterdir()):
         raise InputError(out_dir, f"output folder is not empty and has no job journal in {private}")
+    ray_address = cluster_address(ray_address)  # RAY_ADDRESS when none is given, as Ray does
+    ray_runtime_env = load_runtime_env(ray_runtime_env)
     if ray_address:
         check_address(ray_address)  # an unreachable cluster is refused before anything is written
     preflight(listing, settings, out_dir, probe)
@@ -268,7 +273,7 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
 
     try:
         run_shards(todo, settings, dataset_key, out_dir, workers=workers, address=ray_address,
-                   on_result=on_result)
+                   runtime_env=ray_runtime_env, on_result=on_result)
     finally:
         bar.close()
 
@@ -296,7 +301,10 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
         class_names=None if hide_class_names else list(listing.class_names),
         categories=listing.categories, key_id=dataset_key.dataset_key_id, tool_version=tool_version(),
         created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-    ).signed(keystore.sign, keystore.public_key)
+    )
+    info = info_bytes(manifest)  # timm's split list, signed through its digest
+    manifest = dataclasses.replace(manifest, info_sha256=info_sha256(info)).signed(keystore.sign, keystore.public_key)
+    atomic_write_bytes(out_dir / INFO_NAME, info)
     manifest.save(out_dir / "manifest.json")
     digest = manifest.digest()
     images = sum(e.samples for entries in splits.values() for e in entries)

@@ -7,6 +7,10 @@ engineer or an auditor can check with the public key alone that nothing was edit
 or removed. Loading is strict: unknown fields, duplicate JSON keys, path-like shard names
 and format versions newer than this code are refused, because a reader that skips what it
 does not understand could be shown something other than what was signed.
+
+Format 2 added one optional field, `info_sha256`: the sha256 of the `_info.json` beside the
+shards (`shards.info`, what timm reads). A manifest without it is written without the key, so
+format-1 manifests keep their canonical bytes and their signatures still verify.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from shards.errors import ContractError
 from shards.modes import GeometryError, Mode, mode_of
 from shards.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Sign, verify_signature
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 STORAGE_FORMATS = ("jpeg", "png")
 TASKS = ("classification", "detection")
@@ -272,7 +276,7 @@ class ShardEntry:
 
 _REQUIRED = {"format_version", "task", "dataset_id", "cipher", "splits", "num_classes",
              "class_names", "categories", "key_id", "tool_version", "created"}
-_OPTIONAL = {"public_key", "signature", "extra"}
+_OPTIONAL = {"public_key", "signature", "extra", "info_sha256"}
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,7 @@ class Manifest:
     public_key: str | None = None
     signature: str | None = None
     extra: dict = field(default_factory=dict)
+    info_sha256: str | None = None  # format 2: the signed digest of OUT/_info.json
 
     def __post_init__(self) -> None:
         version = _check_int(self.format_version, "format_version", 1)
@@ -329,6 +334,11 @@ class Manifest:
         if not isinstance(self.extra, dict) or not all(isinstance(k, str) for k in self.extra):
             raise ManifestError("extra: expected a JSON object")
         _check_json_value(self.extra, "extra")
+        if self.info_sha256 is not None:
+            if not isinstance(self.info_sha256, str) or not SHA256_PATTERN.match(self.info_sha256):
+                raise ManifestError("info_sha256: expected 64 lowercase hex digits")
+            if version < 2:
+                raise ManifestError(f"info_sha256: not part of format_version {version} (needs 2)")
 
     def _check_splits(self) -> None:
         if not isinstance(self.splits, dict) or not self.splits:
@@ -366,7 +376,7 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON values (fresh copies: editing them changes nothing here)."""
-        return {
+        d = {
             "format_version": self.format_version,
             "task": self.task,
             "dataset_id": self.dataset_id,
@@ -382,6 +392,9 @@ class Manifest:
             "signature": self.signature,
             "extra": copy.deepcopy(self.extra),
         }
+        if self.info_sha256 is not None:  # absent, not null: older manifests keep their signed bytes
+            d["info_sha256"] = self.info_sha256
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> Manifest:

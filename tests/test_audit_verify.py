@@ -231,8 +231,10 @@ def test_a_manifest_re_signed_with_an_attackers_key_is_named(owner, case):
     forged.signed(attacker.sign, attacker.public_key().public_bytes_raw()).save(out / "manifest.json")
     assert Manifest.load(out / "manifest.json").verify() is None  # valid under the key it names
     failed = failures(verify(owner, out, log))
-    assert set(failed) == {"manifest-signature", "custody-log"}
+    # the owner's signed _info.json still lists the real class order, so it no longer matches
+    assert set(failed) == {"manifest-signature", "custody-log", "shard-files"}
     assert "a key the exported identity does not list" in failed["manifest-signature"]
+    assert "_info.json: does not describe the manifest" in failed["shard-files"]
 
 
 def test_an_unreadable_manifest_fails_every_check_that_needs_it(owner, case):
