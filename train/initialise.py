@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from shards.modes import mode_of
 from train.checkpoint import FORMAT, CheckpointError
 
 __all__ = ["InitReport", "hidden_kwarg", "init_from", "load_weights", "mixed_kernel"]
@@ -165,7 +166,7 @@ def _plain_kernel(model: nn.Module, src: torch.Tensor, cipher: Any) -> tuple[tor
         w = adapt_input_conv(target.shape[1], w, base_chans=w.shape[1])
         notes.append(f"{src.shape[1]}→{target.shape[1]} channels")
     side = target.shape[-1]
-    mixing = cipher is not None and cipher.mode in ("mix", "mix-shuffle", "mix-shuffle-orient")
+    mixing = cipher is not None and mode_of(cipher.mode).mixes
     if w.shape[-1] != side:
         if mixing and w.shape[-1] == cipher.patch and side == cipher.sub_patch:
             w = mixed_kernel(w, side)

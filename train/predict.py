@@ -27,13 +27,11 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from shards.manifest import CipherSpec
+from shards.modes import mode_of
 from train.checkpoint import CheckpointError, cipher_of, load_checkpoint
 from train.errors import TrainError
 
-__all__ = ["KEYED", "Predictor", "export_checkpoint", "key_needed", "keyless_mix", "load_image"]
-
-KEYED = {"shuffle": ("order",), "mix-shuffle": ("order",), "mix-shuffle-orient": ("order", "turn")}
-
+__all__ = ["Predictor", "export_checkpoint", "key_needed", "keyless_mix", "load_image"]
 
 def keyless_mix(images: torch.Tensor, patch: int, sub_patch: int) -> torch.Tensor:
     """uint8 B×C×H×W → the mixed image: each p×p patch's k² s×s sub-patches averaged, rounded half up."""
@@ -50,10 +48,10 @@ def key_needed(model: nn.Module, mode: str) -> str | None:
     """What the key decides that `model` is not invariant to (None: plain images will do)."""
     from train.models.dihedral import DihedralPatchEmbed
 
-    keyed = KEYED.get(mode, ())
-    if "order" in keyed and getattr(model, "pos_embed", None) is not None:
+    facts = mode_of(mode)  # the key decides the tile order (shuffles) and each tile's turn (turns)
+    if facts.shuffles and getattr(model, "pos_embed", None) is not None:
         return "the tile order (the model has a position embedding)"
-    if "turn" in keyed and not isinstance(getattr(model, "patch_embed", None), DihedralPatchEmbed):
+    if facts.turns and not isinstance(getattr(model, "patch_embed", None), DihedralPatchEmbed):
         return "each tile's turn (the model's embedding is not turn invariant)"
     return None
 
@@ -117,7 +115,7 @@ class Predictor:
 
     def stored(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 plain B×C×H×W → what the model was trained on, as far as no key is needed."""
-        if self.cipher.mode in ("mix", "mix-shuffle", "mix-shuffle-orient"):
+        if mode_of(self.cipher.mode).mixes:
             return keyless_mix(images, self.cipher.patch, self.cipher.sub_patch)
         return images  # none; shuffle: the order-invariant model reads the tiles in any order
 
