@@ -10,9 +10,10 @@ Either way the originals come from the encryptor's own `encrypt.prepare.prepare_
 turn, alpha, palette, resampling, crop), so every score compares against the picture the
 cipher really saw.
 
-Attacks per mode (each only where it applies): `jigsaw` (the greedy solver; the oriented
-solver for `-orient` modes; tiles of at least 3 px), `learned` (position-predicting ViT
-trained here on public photos; for `-orient` modes it also names each tile's turn),
+Attacks per mode: each attack module declares the modes it applies to (`APPLIES_TO`) and
+`RUNNERS` below picks from those declarations: `jigsaw` (the greedy solver; the oriented
+solver for turned tiles; tiles of at least 3 px), `learned` (position-predicting ViT
+trained here on public photos; for turned tiles it also names each tile's turn),
 `inversion` (of the mixing: deconvolution with a smoothness prior). Mixing modes chain a
 placement attack with the inversion. Every reconstruction is scored against the original:
 direct and neighbour accuracy of the placement, PSNR and SSIM of the picture (an exact
@@ -34,30 +35,32 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 import numpy as np
 from PIL import Image
 
+from audit.attacks import inversion, jigsaw, learned, oriented
 from audit.attacks.inversion import deconvolve
 from audit.attacks.jigsaw import reconstruct
 from audit.attacks.oriented import (draw, oriented_neighbour_accuracy, reconstruct_oriented,
                                     train_turned_attacker, turned_attack, upright_picture)
 from audit.metrics import direct_accuracy, neighbour_accuracy, psnr, reidentification, ssim
-from encrypt.ciphers import (ALL_MODES, ORIENTED_MODES, encrypt_image, keyed_orientations,
-                             orientation_length, permutation_length, shuffle, stored_size)
+from encrypt.ciphers import cipher_of, shuffle
 from encrypt.prepare import DecodeError, prepare_pixels
 from audit.errors import AuditError
 from keys.passphrase import PASSPHRASE_HELP
 from shards.console import Command
+from shards.manifest import CipherSpec, ManifestError
+from shards.modes import NAMES, mode_of
 
 ATTACKS = ("jigsaw", "learned", "inversion")
 BUILTIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MIN_AUDIT_SIDE = 16  # px: a smaller source holds too little to attack
 
-__all__ = ["ATTACKS", "Case", "PrivacyError", "attack_cases", "builtin_images", "cases_from_release",
+__all__ = ["ATTACKS", "RUNNERS", "Case", "PrivacyError", "attack_cases", "attacks_for", "builtin_images", "cases_from_release",
            "encrypt_cases", "load_images", "privacy_command", "write_report"]
 
 
@@ -120,15 +123,12 @@ def encrypt_cases(images: list[tuple[str, np.ndarray]], mode: str, patch: int, s
                   dataset_key) -> list[Case]:
     """Encrypt images as the job would, under `dataset_key` (a keys.derive.DatasetKey)."""
     cases = []
+    cipher = cipher_of(mode)
     for i, (name, img) in enumerate(images):
-        h, w = img.shape[:2]
-        sample = f"audit-{i}"
-        n = permutation_length(mode, h, w, patch, sub_patch)
-        perm = np.asarray(dataset_key.permutation(n, "audit", sample)) if n else None
-        turns = orientation_length(mode, h, w, patch, sub_patch)
-        orientations = keyed_orientations(dataset_key, turns, "audit", sample) if turns else None
-        stored = encrypt_image(img, mode, perm, patch, sub_patch, orientations)
-        cases.append(Case(name, img, stored, perm, orientations))
+        spec = _spec(mode, patch, sub_patch, img.shape[0], img.shape[1])
+        secrets = cipher.secrets(dataset_key, "audit", f"audit-{i}", spec)
+        stored = cipher.encrypt(img, secrets, patch, sub_patch)
+        cases.append(Case(name, img, stored, secrets.perm, secrets.turns))
     return cases
 
 
@@ -148,8 +148,7 @@ def cases_from_release(shards: Path, keystore, source: Path, limit: int, resize:
     key = keystore.dataset_key(manifest.dataset_id, manifest.dataset_key_id)
     index = load_index(keystore, manifest.dataset_id, manifest.dataset_key_id)
     h, w = cipher.image_size
-    n = permutation_length(cipher.mode, h, w, cipher.patch, cipher.sub_patch) if cipher.mode != "none" else 0
-    turns = orientation_length(cipher.mode, h, w, cipher.patch, cipher.sub_patch) if cipher.mode != "none" else 0
+    scheme = cipher_of(cipher.mode)
     cases: list[Case] = []
     for split in manifest.splits:
         for sample in iter_samples(shards, split, manifest):
@@ -164,9 +163,8 @@ def cases_from_release(shards: Path, keystore, source: Path, limit: int, resize:
             if not path.is_file():
                 raise PrivacyError(f"{path}: source image of sample {sample.key} not found under --source")
             original = _original(path, h, resize or round(h * 8 / 7), cipher.channels)  # encrypt-dataset's default
-            perm = np.asarray(key.permutation(n, split, sample.key)) if n else None
-            orientations = keyed_orientations(key, turns, split, sample.key) if turns else None
-            cases.append(Case(sample.key, original, sample.image, perm, orientations))
+            secrets = scheme.secrets(key, split, sample.key, cipher)
+            cases.append(Case(sample.key, original, sample.image, secrets.perm, secrets.turns))
     return cases, cipher
 
 
@@ -191,69 +189,124 @@ def _picture_scores(case: Case, picture: np.ndarray) -> dict[str, float]:
     return {"psnr": value if np.isfinite(value) else 99.0, "ssim": ssim(case.original, picture)}
 
 
-def attack_cases(cases: list[Case], mode: str, patch: int, sub_patch: int | None, attacks: tuple[str, ...],
-                 *, learned_steps: int = 400, log=lambda message: None) -> None:
-    """Run every applicable attack on every case; fills `case.results` and `case.pictures`."""
-    if mode == "none":
-        for case in cases:
-            case.results["stored"] = _picture_scores(case, case.stored)
-            case.pictures["stored"] = case.as_drawn["stored"] = case.stored
-        return
-    side = cases[0].original.shape[0] // patch
-    grid = (side, side)
-    channels = cases[0].original.shape[-1]
-    mixing = mode.startswith("mix")
-    oriented = mode in ORIENTED_MODES
-    tile = sub_patch if mixing else patch
+@dataclass
+class _Setting:
+    """What every attack of one audit shares: the geometry and how a picture is finished."""
 
-    def finish(case: Case, name: str, tiles_picture: np.ndarray, scores: dict[str, float]) -> None:
-        picture = deconvolve(tiles_picture[None], patch, sub_patch)[0] if mixing else tiles_picture
+    patch: int
+    sub_patch: int | None
+    tile: int
+    side: int
+    mixing: bool
+    oriented: bool
+    attacks: tuple[str, ...]
+    learned_steps: int
+    log: Callable[[str], None]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.side, self.side)
+
+    def finish(self, case: Case, name: str, tiles_picture: np.ndarray, scores: dict[str, float]) -> None:
+        """Invert the mixing (mixing modes), turn upright (turned modes), score and keep."""
+        picture = deconvolve(tiles_picture[None], self.patch, self.sub_patch)[0] if self.mixing else tiles_picture
         picture = picture.reshape(case.original.shape)
         case.as_drawn[name] = picture
-        if oriented:  # the answer may be the whole picture turned, which hides nothing
+        if self.oriented:  # the answer may be the whole picture turned, which hides nothing
             picture = upright_picture(picture, case.original)
         case.results[name] = {**scores, **_picture_scores(case, picture)}
         case.pictures[name] = picture
 
-    if mode == "mix":
-        if "inversion" in attacks:
-            for case in cases:
-                finish(case, "inversion", case.stored, {})
-        return
-    if "jigsaw" in attacks and tile >= 3:
-        started = time.perf_counter()
-        for case in cases:
-            if oriented:
-                picture, placement, turns = reconstruct_oriented(case.stored, tile)
-                scores = {"neighbour": oriented_neighbour_accuracy(placement, turns, case.perm,
-                                                                   case.orientations, side)}
-            else:
-                picture, placement = reconstruct(case.stored, tile, grid)
-                scores = _placement_scores(case, placement, grid)
-            finish(case, "jigsaw", picture, scores)
-        log(f"jigsaw on {len(cases)} images: {time.perf_counter() - started:.0f} s")
-    if "learned" in attacks:
-        started = time.perf_counter()
-        stored = np.stack([c.stored.reshape(side * tile, side * tile, -1) for c in cases])
-        public = _public_photos(channels)
-        kwargs = dict(batch_size=16, dim=96, depth=4, heads=4, flip=True)
-        if oriented:
-            model = train_turned_attacker(public, tile, side, learned_steps, mixed_from_patch=patch, **kwargs)
-            placements, turns = turned_attack(model, stored)
-            for case, placement, turn in zip(cases, placements, turns):
-                scores = {"neighbour": oriented_neighbour_accuracy(placement, turn, case.perm,
-                                                                   case.orientations, side)}
-                finish(case, "learned", draw(case.stored, placement, turn, tile), scores)
-        else:
-            from audit.attacks.learned import attack, train_position_attacker
 
-            model = train_position_attacker(public, tile, grid, learned_steps,
-                                            mixed_from_patch=patch if mixing else None, **kwargs)
-            for case, placement in zip(cases, attack(model, stored, tile, grid)):
-                finish(case, "learned", shuffle(case.stored, placement, tile),
-                       _placement_scores(case, placement, grid))
-        log(f"learned attacker ({learned_steps} steps) on {len(cases)} images: "
-            f"{time.perf_counter() - started:.0f} s")
+def _jigsaw(cases: list[Case], s: _Setting) -> None:
+    for case in cases:
+        picture, placement = reconstruct(case.stored, s.tile, s.grid)
+        s.finish(case, "jigsaw", picture, _placement_scores(case, placement, s.grid))
+
+
+def _jigsaw_oriented(cases: list[Case], s: _Setting) -> None:
+    for case in cases:
+        picture, placement, turns = reconstruct_oriented(case.stored, s.tile)
+        scores = {"neighbour": oriented_neighbour_accuracy(placement, turns, case.perm, case.orientations, s.side)}
+        s.finish(case, "jigsaw", picture, scores)
+
+
+_LEARNED = dict(batch_size=16, dim=96, depth=4, heads=4, flip=True)
+
+
+def _stored_batch(cases: list[Case], s: _Setting) -> np.ndarray:
+    return np.stack([c.stored.reshape(s.side * s.tile, s.side * s.tile, -1) for c in cases])
+
+
+def _learned(cases: list[Case], s: _Setting) -> None:
+    public = _public_photos(cases[0].original.shape[-1])
+    model = learned.train_position_attacker(public, s.tile, s.grid, s.learned_steps,
+                                            mixed_from_patch=s.patch if s.mixing else None, **_LEARNED)
+    for case, placement in zip(cases, learned.attack(model, _stored_batch(cases, s), s.tile, s.grid)):
+        s.finish(case, "learned", shuffle(case.stored, placement, s.tile), _placement_scores(case, placement, s.grid))
+
+
+def _learned_oriented(cases: list[Case], s: _Setting) -> None:
+    public = _public_photos(cases[0].original.shape[-1])
+    model = train_turned_attacker(public, s.tile, s.side, s.learned_steps,
+                                  mixed_from_patch=s.patch if s.mixing else None, **_LEARNED)
+    placements, turns = turned_attack(model, _stored_batch(cases, s))
+    for case, placement, turn in zip(cases, placements, turns):
+        scores = {"neighbour": oriented_neighbour_accuracy(placement, turn, case.perm, case.orientations, s.side)}
+        s.finish(case, "learned", draw(case.stored, placement, turn, s.tile), scores)
+
+
+def _inversion(cases: list[Case], s: _Setting) -> None:
+    for case in cases:
+        s.finish(case, "inversion", case.stored, {})
+
+
+@dataclass(frozen=True)
+class Runner:
+    """One way to run an attack (`--attacks` name) on the modes its module declares."""
+
+    attack: str
+    modes: tuple[str, ...]
+    run: Callable[[list[Case], _Setting], None]
+    min_tile: int = 1  # the jigsaw solvers compare edge gradients: tiles of at least 3 px
+
+
+RUNNERS = (
+    Runner("jigsaw", jigsaw.APPLIES_TO, _jigsaw, min_tile=3),
+    Runner("jigsaw", oriented.APPLIES_TO, _jigsaw_oriented, min_tile=3),
+    Runner("learned", learned.APPLIES_TO, _learned),
+    Runner("learned", oriented.APPLIES_TO, _learned_oriented),
+    Runner("inversion", inversion.APPLIES_TO, _inversion),
+)
+
+
+def attacks_for(mode: str) -> list[Runner]:
+    """The runners whose attack modules declare `mode`, in report order."""
+    return [runner for runner in RUNNERS if mode in runner.modes]
+
+
+def attack_cases(cases: list[Case], mode: str, patch: int, sub_patch: int | None, attacks: tuple[str, ...],
+                 *, learned_steps: int = 400, log=lambda message: None) -> None:
+    """Run every applicable attack on every case; fills `case.results` and `case.pictures`."""
+    facts = mode_of(mode)
+    if not facts.encrypted:
+        for case in cases:
+            case.results["stored"] = _picture_scores(case, case.stored)
+            case.pictures["stored"] = case.as_drawn["stored"] = case.stored
+        return
+    tile = facts.tile(patch, sub_patch)
+    setting = _Setting(patch, sub_patch, tile, cases[0].original.shape[0] // patch, facts.mixes, facts.turns,
+                       attacks, learned_steps, log)
+    for runner in attacks_for(mode):
+        if runner.attack not in attacks or tile < runner.min_tile:
+            continue
+        started = time.perf_counter()
+        runner.run(cases, setting)
+        if runner.attack == "learned":
+            log(f"learned attacker ({learned_steps} steps) on {len(cases)} images: "
+                f"{time.perf_counter() - started:.0f} s")
+        elif runner.attack == "jigsaw":
+            log(f"jigsaw on {len(cases)} images: {time.perf_counter() - started:.0f} s")
 
 
 def _best(case: Case) -> str | None:
@@ -372,17 +425,26 @@ def _parse_attacks(value: str) -> tuple[str, ...]:
     return chosen
 
 
+_OPTION_OF_FIELD = {"mode": "--mode", "patch": "--patch", "sub_patch": "--sub-patch", "image_size": "--size"}
+
+
+def _spec(mode: str, patch: int, sub_patch: int | None, h: int, w: int) -> CipherSpec:
+    """The cipher's geometry, checked by the manifest's own validator (a refusal names the option)."""
+    try:
+        return CipherSpec.for_image(mode, patch, sub_patch, (h, w), "png", None, 3)
+    except ManifestError as exc:
+        field, _, reason = str(exc).partition(": ")
+        raise PrivacyError(f"{_OPTION_OF_FIELD.get(field, field)}: {reason}") from None
+
+
 def _check_geometry(mode: str, patch: int, sub_patch: int | None, size: int) -> None:
-    if patch < 1 or size % patch:
-        raise PrivacyError(f"--size {size} is not divisible by --patch {patch}")
-    if mode.startswith("mix") and (not sub_patch or sub_patch >= patch or patch % sub_patch):
-        raise PrivacyError(f"--sub-patch {sub_patch} must be smaller than and divide --patch {patch}")
+    _spec(mode, patch, sub_patch, size, size)
     if size // patch < 2:
         raise PrivacyError(f"--size {size} with --patch {patch} leaves fewer than 2x2 tiles to shuffle")
 
 
 @click.command("privacy", cls=Command)
-@click.option("--mode", type=click.Choice(ALL_MODES + ("none",)), help="Cipher to attack (with --images/--builtin).")
+@click.option("--mode", type=click.Choice(NAMES), help="Cipher to attack (with --images/--builtin).")
 @click.option("--patch", default=16, show_default=True, help="Patch size p.")
 @click.option("--sub-patch", default=8, show_default=True, help="Sub-patch size s (mixing modes).")
 @click.option("--size", default=224, show_default=True, help="Side of the square image the cipher sees.")
@@ -449,7 +511,7 @@ def _run(mode, patch, sub_patch, size, images, builtin, shards, keystore, passph
             raise PrivacyError("say what to attack: --mode with --images DIR or --builtin, or --shards")
         if bool(images) == bool(builtin):
             raise PrivacyError("give exactly one of --images DIR and --builtin")
-        sub_patch = sub_patch if mode.startswith("mix") else None
+        sub_patch = sub_patch if mode_of(mode).mixes else None
         _check_geometry(mode, patch, sub_patch, size)
         pictures = builtin_images(size)[:limit] if builtin else load_images(images, size, limit)
         from keys.derive import DatasetKey
@@ -458,7 +520,6 @@ def _run(mode, patch, sub_patch, size, images, builtin, shards, keystore, passph
         cases = encrypt_cases(pictures, mode, patch, sub_patch, throwaway)
         del throwaway
         origin = "builtin photos" if builtin else f"images {Path(images).name}"
-    stored_size(mode, size, size, patch, sub_patch)  # validates the geometry once more
     log(f"attacking {len(cases)} images, mode {mode}, attacks {', '.join(attacks)}")
     attack_cases(cases, mode, patch, sub_patch, attacks, learned_steps=learned_steps, log=log)
     meta = {"tool": "audit-shards privacy", "source": origin,

@@ -6,6 +6,8 @@
 2. ``shard-files`` — every listed shard exists as a regular file (a symbolic link is refused:
    it could point anywhere, and the manifest is not read through one either), nothing
    unlisted sits beside them, and each shard's sha256, size and sample count match the manifest.
+   A format-2 manifest also signs `_info.json` (timm's split list): its sha256 must match and
+   its content must say what the manifest says (`shards.info`); unsigned, it is a stray file.
 3. ``sample-contents`` — every sample: its key exactly the job's opaque id (24 lowercase hex,
    `keys.derive.SAMPLE_ID_HEX`; a hex-encoded file name is longer) and unique across all
    shards (a duplicate would train twice and decrypt to one file; `audit.keyset` keeps this
@@ -47,6 +49,7 @@ from keys.checkpoint import Checkpoint, log_origin, verify_signatures
 from keys.custody import GENESIS, ChainReport, identity_signing_keys, line_hash, signing_key_id, verify_chain
 from keys.derive import SAMPLE_ID_HEX, dataset_key_id_from_commitment
 from shards.console import progress_bar
+from shards.info import INFO_NAME, info_problems
 from shards.manifest import MANIFEST_NAME, Manifest, ManifestError
 from shards.reader import STORAGE_EXTENSION
 from shards.writer import TEMP_PATTERN
@@ -182,18 +185,41 @@ class _ShardStats:
     samples: int = 0
 
 
+def _check_info(out_dir: Path, manifest: Manifest, files: CheckResult) -> None:
+    """timm's `_info.json`: a regular file (no link), with the signed sha256, saying what the manifest says."""
+    try:
+        fd = os.open(out_dir / INFO_NAME, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        files.problem(f"{INFO_NAME}: a symbolic link, not a file of the release" if exc.errno == errno.ELOOP
+                      else f"{INFO_NAME}: missing (the manifest signs one)" if exc.errno == errno.ENOENT
+                      else f"{INFO_NAME}: cannot be read ({exc.strerror})")
+        return
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            files.problem(f"{INFO_NAME}: not a regular file")
+            return
+        data = f.read(MAX_MEMBER_BYTES + 1)
+    for problem in info_problems(data, manifest):
+        files.problem(problem)
+
+
 def _check_shards(out_dir: Path, manifest: Manifest, files: CheckResult, contents: CheckResult,
                   progress: bool | None) -> None:
     listed = {e.name: e for entries in manifest.splits.values() for e in entries}
+    if manifest.info_sha256 is not None:
+        _check_info(out_dir, manifest, files)
     for path in sorted(out_dir.iterdir()):
         if path.name == MANIFEST_NAME or path.name in listed:
             continue
+        if path.name == INFO_NAME and manifest.info_sha256 is not None:
+            continue  # checked above
         if TEMP_PATTERN.match(path.name):
             files.problem(f"{path.name}: temporary file left by an interrupted write")
         elif path.suffix.lower() == ".tar":
             files.problem(f"{path.name}: shard present but not listed in the manifest")
         else:
-            files.problem(f"{path.name}: not part of the release (only manifest.json and listed shards belong)")
+            files.problem(f"{path.name}: not part of the release (only manifest.json, {INFO_NAME} when "
+                          "the manifest signs one, and listed shards belong)")
 
     total = sum(e.bytes for e in listed.values())
     show = (total >= PROGRESS_MIN_BYTES) if progress is None else progress
@@ -229,7 +255,8 @@ def _check_shards(out_dir: Path, manifest: Manifest, files: CheckResult, content
         contents.problem(f"sample {key} is in {len(shards)} shards ({', '.join(names[i] for i in shards)}); "
                          "a sample key must be unique in the release")
     files.summary = (f"{checked} of {len(listed)} listed shards read, {total / 1e6:.1f} MB; "
-                     "sha256, sizes and counts compared")
+                     "sha256, sizes and counts compared"
+                     + (f"; {INFO_NAME} as signed" if manifest.info_sha256 is not None else ""))
     cipher = manifest.cipher
     contents.summary = (f"{samples} samples: opaque keys unique across shards, allowed members only, "
                         f"{cipher.stored_size[0]}x{cipher.stored_size[1]}x{cipher.channels} "

@@ -60,12 +60,13 @@ def encrypt_release(image_dir: Path, files: dict[str, Path], out: Path, keystore
     """Encrypt both splits into one release, as `encrypt-dataset coco` does for one split."""
     from encrypt.main import encrypt_dataset
     from encrypt.plan import JobSettings
+    from shards.modes import MODES
     from encrypt.sources import SourceListing, list_coco
 
     train, val = list_coco(image_dir, files["train"], "train"), list_coco(image_dir, files["val"], "val")
     listing = SourceListing(train.items + val.items, train.skipped + val.skipped, train.class_names,
                             task="detection", categories=train.categories, splits=["train", "val"])
-    settings = JobSettings(mode=mode, patch=patch, sub_patch=sub_patch if mode == "mix" else None, size=size,
+    settings = JobSettings(mode=mode, patch=patch, sub_patch=sub_patch if MODES[mode].mixes else None, size=size,
                            resize=size, views=1, format="png", quality=95, channels=1, shard_samples=64,
                            task="detection", min_side=1)
     encrypt_dataset(listing, out, keystore, "canvas", settings, progress=False)

@@ -118,6 +118,7 @@ def main() -> None:
 
     from encrypt.main import encrypt_dataset
     from encrypt.plan import JobSettings
+    from shards.modes import MODES
     from encrypt.sources import list_imagefolder
     from keys.keystore import create_keystore
 
@@ -132,7 +133,7 @@ def main() -> None:
         listing = list_imagefolder(small_src)
 
         def settings(mode: str) -> JobSettings:
-            return JobSettings(mode=mode, patch=16, sub_patch=8 if mode.startswith("mix") else None,
+            return JobSettings(mode=mode, patch=16, sub_patch=8 if MODES[mode].mixes else None,
                                size=224, resize=256, views=1, format="jpeg", quality=95, channels=3,
                                shard_samples=args.shard_samples, min_side=56)
 

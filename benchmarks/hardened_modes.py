@@ -16,7 +16,7 @@ Sections (--sections, comma-separated):
               rate, plain included. "prototype_recognizability": the row's classifier, trained
               on ciphertexts of its own key as anyone can, names each encrypted test image's
               class and a public plain exemplar of that class is shown to the recognizer
-              (audit/recognize.py) — how much "recognizability" needs no reconstruction at all.
+              (benchmarks/research/recognize.py) — how much "recognizability" needs no reconstruction at all.
   photos      the five scikit-image photos at 224 px, patch 16, sub-patch 8: the jigsaw solver
               (the oriented solver for turned modes; for scrambled modes the statistics attack
               first, from the five stored images): neighbour accuracy, PSNR, SSIM.
@@ -31,6 +31,10 @@ Prints one JSON object on stdout, progress on stderr. About an hour on two busy 
 
     python benchmarks/hardened_modes.py [--sections accuracy,photos,learned,statistics]
         [--train 20000] [--epochs 3] [--dim 64] [--depth 4] [--heads 2] [--learned-steps 600]
+        [--results encrypt/measured_risk.json]
+
+--results merges each finished section, with this command line and the date, into the file
+every encrypt job reads its printed risk from (encrypt/risk.py); nothing there is typed by hand.
 """
 from __future__ import annotations
 
@@ -48,15 +52,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from audit.attacks.inversion import deconvolve  # noqa: E402
 from audit.attacks.jigsaw import reconstruct  # noqa: E402
 from audit.attacks.learned import attack, public_photos, train_position_attacker  # noqa: E402
 from audit.attacks.oriented import (draw, oriented_neighbour_accuracy, reconstruct_oriented,  # noqa: E402
                                     train_turned_attacker, turned_attack, upright_picture)
-from audit.attacks.statistics import recover_scramble, scramble_accuracy, undo_scramble, upright  # noqa: E402
+from research.recognize import recognizability, resize_batch, train_recognizer  # noqa: E402
+from research.scramble import scramble_length, scramble_tiles  # noqa: E402
+from research.statistics_attack import recover_scramble, scramble_accuracy, undo_scramble, upright  # noqa: E402
 from audit.metrics import neighbour_accuracy, psnr, reidentification, ssim  # noqa: E402
-from audit.recognize import recognizability, resize_batch, train_recognizer  # noqa: E402
 from conftest import load_fashion_mnist, natural_photos  # noqa: E402
 from encrypt import ciphers  # noqa: E402
 from keys.derive import DatasetKey  # noqa: E402
@@ -77,7 +83,7 @@ def throwaway_key(name: str) -> DatasetKey:
 
 def scramble_of(key: DatasetKey, tile: int, channels: int) -> np.ndarray:
     """The per-dataset scramble: a permutation from the dataset key's own subkey stream."""
-    return np.array(KeyStream(key.subkey("tile-scramble")).permutation(ciphers.scramble_length(tile, channels)))
+    return np.array(KeyStream(key.subkey("tile-scramble")).permutation(scramble_length(tile, channels)))
 
 
 def encrypt_row(images: np.ndarray, row: str, key: DatasetKey, split: str, patch: int,
@@ -94,13 +100,16 @@ def encrypt_row(images: np.ndarray, row: str, key: DatasetKey, split: str, patch
     tile = sub_patch if row.startswith("mix") else patch
     tiles = (x.shape[1] // tile) * (x.shape[2] // tile)
     if "scramble" in row:
-        x = ciphers.scramble_tiles(x, scramble_of(key, tile, x.shape[-1]), tile)
-    ids = [f"{split}-{i}" for i in range(len(images))]
-    perms = np.stack([key.permutation(tiles, split, i) for i in ids])
+        x = scramble_tiles(x, scramble_of(key, tile, x.shape[-1]), tile)
+    # The encryptor's own derivation (encrypt.ciphers.draw_secrets, which the shipped modes'
+    # `secrets` use too), so a shipped row here is the release's cipher, secrets included.
+    secrets = [ciphers.draw_secrets(key, split, f"{split}-{i}", tiles, tiles if "orient" in row else 0)
+               for i in range(len(images))]
+    perms = np.stack([s.perm for s in secrets])
     x = ciphers.shuffle(x, perms, tile)
     turns = None
     if "orient" in row:
-        turns = np.stack([ciphers.keyed_orientations(key, tiles, split, i) for i in ids])
+        turns = np.stack([s.turns for s in secrets])
         x = ciphers.orient_tiles(x, turns, tile)
     return x, perms, turns
 
@@ -209,6 +218,14 @@ def section_photos(args) -> dict:
     key = throwaway_key("bench-photos")
     public = _colour_public(224)
     out = {}
+    if "mix" in args.rows:  # positions kept, nothing to place: invert the averaging
+        started = time.perf_counter()
+        pictures = deconvolve(ciphers.mix(victims, patch, sub), patch, sub)
+        out["mix"] = {"attack": "deconvolution",
+                      "psnr": round(float(np.mean([psnr(v, p) for v, p in zip(victims, pictures)])), 2),
+                      "ssim": round(float(np.mean([ssim(v, p) for v, p in zip(victims, pictures)])), 4),
+                      "seconds": round(time.perf_counter() - started, 1)}
+        log(f"photos mix: {out['mix']}")
     for row in [r for r in args.rows if r not in ("plain", "mix")]:
         started = time.perf_counter()
         stored, perms, turns = encrypt_row(victims, row, key, "val", patch, sub)
@@ -245,7 +262,11 @@ def section_photos(args) -> dict:
             value = psnr(victims[i], plain_picture)
             scores.append((neighbour, value if np.isfinite(value) else 99.0, ssim(victims[i], plain_picture)))
         mean = np.mean(scores, axis=0)
-        out[row] = {"neighbour": round(float(mean[0]), 4), "per_image_neighbour": [round(s[0], 4) for s in scores],
+        attack_name = ("oriented jigsaw" if oriented else "jigsaw") + (" + deconvolution" if mixing else "")
+        if "scramble" in row:
+            attack_name = "statistics attack, then " + attack_name
+        out[row] = {"attack": attack_name, "neighbour": round(float(mean[0]), 4),
+                    "per_image_neighbour": [round(s[0], 4) for s in scores],
                     "psnr": round(float(mean[1]), 2), "ssim": round(float(mean[2]), 4), **extra,
                     "seconds": round(time.perf_counter() - started, 1)}
         log(f"photos {row}: {out[row]}")
@@ -294,6 +315,9 @@ def section_learned(data, recognizer, args) -> dict:
             out[row] = {}
         else:
             out[row], recon = _learned_reconstruction(row, train_x, victims, key, args)
+        out[row]["attack"] = {"plain": "none needed", "mix": "deconvolution"}.get(
+            row, ("learned attacker with a turn head" if "orient" in row else "learned position attacker")
+            + (" + deconvolution" if row.startswith("mix") else ""))
         turned = "orient" in row  # the picture may be turned as a whole: that hides nothing
         rate, chance = reidentification(recon, victims, labels, any_turn=turned)
         if turned:  # shown to the recognizer upright (chosen against the original: an upper bound)
@@ -357,6 +381,8 @@ def main() -> None:
     parser.add_argument("--learned-steps", type=int, default=600)
     parser.add_argument("--victims", type=int, default=500, help="Fashion-MNIST images the learned attack sees")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--results", type=Path, default=None,
+                        help="merge each section into this file (encrypt/measured_risk.json is the one jobs read)")
     args = parser.parse_args()
     args.rows = [r for r in args.rows.split(",") if r]
     unknown = set(args.rows) - set(ROWS)
@@ -365,7 +391,7 @@ def main() -> None:
     sections = [s for s in args.sections.split(",") if s]
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    report: dict = {"settings": {k: v for k, v in vars(args).items()}}
+    report: dict = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     data = recognizer = None
     if {"accuracy", "learned", "statistics"} & set(sections):
         train_x, train_y = load_fashion_mnist("train", args.train)
@@ -377,14 +403,30 @@ def main() -> None:
         plain = recognizability(recognizer, data[2], data[3])
         report["recognizer"] = {"plain_top1": round(plain, 4), "seconds": round(time.perf_counter() - t0, 1)}
         log(f"recognizer: plain test top-1 {plain:.3f}")
+
+    def record(name: str) -> None:  # each section lands in --results as soon as it is done
+        if args.results:
+            from results import merge
+
+            sizes = ({"photos": 5, "side": 224} if name == "photos" else
+                     {"fashion_mnist_train": int(len(data[0])), "fashion_mnist_test": int(len(data[2]))})
+            if name == "learned":
+                sizes["victims"] = args.victims
+            extra = {"recognizer": report["recognizer"]} if name in ("accuracy", "learned") else {}
+            merge(args.results, f"hardened_modes/{name}", report[name], threads=args.threads, sizes=sizes, **extra)
+
     if "accuracy" in sections:
         report["accuracy"] = section_accuracy(data, recognizer, args)
+        record("accuracy")
     if "photos" in sections:
         report["photos"] = section_photos(args)
+        record("photos")
     if "learned" in sections:
         report["learned"] = section_learned(data, recognizer, args)
+        record("learned")
     if "statistics" in sections:
         report["statistics"] = section_statistics(data, args)
+        record("statistics")
     report["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report, indent=1))
 

@@ -38,9 +38,10 @@ from audit.attacks.inversion import deconvolve, invert, train_upsampler, upsampl
 from audit.attacks.jigsaw import reconstruct  # noqa: E402
 from audit.attacks.learned import attack, public_photos, train_position_attacker  # noqa: E402
 from audit.metrics import direct_accuracy, neighbour_accuracy, psnr, ssim  # noqa: E402
-from audit.recognize import recognizability, resize_batch, train_recognizer  # noqa: E402
+from research.recognize import recognizability, resize_batch, train_recognizer  # noqa: E402
 from conftest import load_fashion_mnist, natural_photos  # noqa: E402
-from encrypt.ciphers import MODES, mix, mix_shuffle, shuffle  # noqa: E402
+from encrypt.ciphers import CIPHERS, Secrets  # noqa: E402
+from shards.modes import CIPHER_MODES, MODES  # noqa: E402
 from keys.derive import DatasetKey  # noqa: E402
 
 
@@ -126,21 +127,15 @@ def run_dataset(v: Victims, recognizer, args) -> dict:
     out: dict = {"geometry": {"size": int(v.plain.shape[1]), "patch": p, "sub_patch": s,
                               "channels": int(channels), "images": int(len(v.plain))},
                  "plain": rows.get("plain"), "modes": {}}
-    for mode in MODES:
-        if mode == "shuffle":
-            encrypted = shuffle(v.plain, v.perms, p)
-            stored_view = encrypted
-        elif mode == "mix":
-            encrypted = mix(v.plain, p, s)
-            stored_view = upsample(encrypted, p, s, "nearest")
-        else:
-            encrypted = mix_shuffle(v.plain, v.perms, p, s)
-            stored_view = upsample(encrypted, p, s, "nearest")
+    for mode in (m for m in CIPHER_MODES if not MODES[m].turns):  # turned tiles: hardened_modes.py
+        facts = MODES[mode]
+        encrypted = CIPHERS[mode].encrypt(v.plain, Secrets(v.perms), p, s)
+        stored_view = upsample(encrypted, p, s, "nearest") if facts.mixes else encrypted
         attacks: dict = {}
-        if mode == "shuffle":
+        if not facts.mixes:
             for name, (placements, recon) in placement_attacks(v, encrypted, p, learned_shuffle).items():
                 attacks[name] = score(v, recon, recognizer, placements, v.grid)
-        elif mode == "mix":
+        elif not facts.shuffles:
             for method in ("nearest", "bicubic", "tile"):
                 attacks[f"upsample-{method}"] = score(v, upsample(encrypted, p, s, method), recognizer)
             attacks["deconvolve"] = score(v, deconvolve(encrypted, p, s), recognizer)
@@ -152,7 +147,7 @@ def run_dataset(v: Victims, recognizer, args) -> dict:
                                         ("learned-upsampler", invert(upsampler, mixed))):
                     attacks[f"{name}+{inv_name}"] = {**placed, **score(v, recon, recognizer)}
         skipped = {}
-        if mode != "mix" and (p if mode == "shuffle" else s) < 3:
+        if facts.shuffles and facts.tile(p, s) < 3:
             skipped = {name: "tiles under 3 px: the solver compares edge gradients"
                        for name in ("jigsaw", "learned+solver")}
         best = max(attacks, key=lambda k: attacks[k]["ssim"])

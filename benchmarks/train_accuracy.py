@@ -71,6 +71,7 @@ def main() -> None:
 
     from encrypt.main import encrypt_dataset
     from encrypt.plan import JobSettings
+    from shards.modes import MODES
     from encrypt.sources import list_imagefolder
     from keys.keystore import create_keystore
     from train.engine import TrainConfig, train
@@ -91,7 +92,7 @@ def main() -> None:
             if (out / "manifest.json").exists():
                 continue
             store = store or create_keystore(work / f"ks-{time.time_ns()}", b"benchmark passphrase, throwaway")
-            settings = JobSettings(mode=mode, patch=4, sub_patch=2 if mode.startswith("mix") else None,
+            settings = JobSettings(mode=mode, patch=4, sub_patch=2 if MODES[mode].mixes else None,
                                    size=32, resize=32, views=1, format="png", quality=95, channels=1,
                                    shard_samples=2000, min_side=8)
             encrypt_dataset(listing, out, store, f"fmnist-{mode}", settings, progress=False)

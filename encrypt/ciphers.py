@@ -1,7 +1,11 @@
 """The image ciphers of arXiv 2306.03679, as pure array transforms with no keys inside.
 
-Keys only choose the permutation (keys/derive.py); everything here is a reshape, a gather or
-a mean, so the same code serves encryption, decryption, the attacks and the tests. Images are
+Keys only choose the permutation and the turns (keys/derive.py); everything here is a
+reshape, a gather or a mean, so the same code serves encryption, decryption, the attacks and
+the tests. `CIPHERS` holds one entry per mode of the table (shards.modes): its transform, its
+inverse and the one function that asks a dataset key for a sample's secrets, so the job,
+decryption and the audit cannot derive them differently. This module is also the one numpy
+implementation of the D4 turn group (`turn`, `compose`, `dihedral_inverse`). Images are
 H×W×C (H×W is accepted and kept 2-D; a 3-D array is always H×W×C, so a batch of grayscale
 images is N×H×W×1) with any number of leading batch axes. Tokens are the
 tiles of a row-major grid: token i sits at row i // cols, column i % cols.
@@ -14,21 +18,19 @@ tiles of a row-major grid: token i sits at row i // cols, column i % cols.
                of D4 (`orient_tiles`); models read it with a D4-invariant embedding.
 
 Hardened building blocks (docs/privacy.md measures every combination):
-- scramble_tiles: one fixed permutation of the t·t·C values inside every tile, the same for
-               every tile of every image of a dataset (a per-dataset secret). A linear patch
-               embedding absorbs it exactly; a statistics attack over many images can undo it
-               (audit/attacks/statistics.py).
 - orient_tiles: each tile turned by its own element of the dihedral group D4 (8 flips and
                quarter turns), drawn per image; models use an embedding invariant to D4.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
 import numpy as np
 
-MODES = ("shuffle", "mix", "mix-shuffle")          # the paper's modes and their combination
-HARDENED_MODES = ("mix-shuffle-orient",)          # measured in docs/privacy.md
-ALL_MODES = MODES + HARDENED_MODES
-ORIENTED_MODES = ("mix-shuffle-orient",)
+from shards.modes import MODES, Mode, mode_of
+
 DIHEDRAL = 8  # elements of D4: k < 4 is k quarter turns; k >= 4 mirrors first, then k - 4 turns
 
 
@@ -161,33 +163,12 @@ def _untile(tokens: np.ndarray, squeeze: bool, rows: int, cols: int) -> np.ndarr
     return out[..., 0] if squeeze else out
 
 
-def scramble_length(tile: int, channels: int) -> int:
-    """Values inside one tile: the length of a scramble permutation."""
-    return tile * tile * channels
+def turn(tokens: np.ndarray, k: int) -> np.ndarray:
+    """Apply D4 element k to the (t, t) axes of (..., t, t, C) tiles.
 
-
-def scramble_tiles(img: np.ndarray, perm, tile: int) -> np.ndarray:
-    """Reorder the t·t·C values of every tile by one permutation: out value k = in value perm[k].
-
-    Values are numbered row-major over (row, column, channel) inside the tile.
+    The one numpy definition of the group's numbering; train.models.dihedral.turn_tiles is
+    its torch twin (train may not import encrypt) and a test holds the two equal.
     """
-    tokens, squeeze, rows, cols = _tile_grid(img, tile)
-    perm = np.asarray(perm, dtype=np.intp)
-    size = scramble_length(tile, tokens.shape[-1])
-    if perm.shape != (size,):
-        raise ValueError(f"scramble permutation has {perm.size} entries, a {tile}x{tile}x{tokens.shape[-1]} "
-                         f"tile has {size} values")
-    flat = tokens.reshape(*tokens.shape[:-3], size)[..., perm]
-    return _untile(flat.reshape(tokens.shape), squeeze, rows, cols)
-
-
-def unscramble_tiles(img: np.ndarray, perm, tile: int) -> np.ndarray:
-    """Undo scramble_tiles with the same permutation (byte-exact)."""
-    return scramble_tiles(img, _inverse(perm), tile)
-
-
-def _turn(tokens: np.ndarray, k: int) -> np.ndarray:
-    """Apply D4 element k to the (t, t) axes of (..., t, t, C) tiles."""
     if k >= 4:
         tokens = tokens[..., :, ::-1, :]
     return np.rot90(tokens, k % 4, axes=(-3, -2))
@@ -196,6 +177,45 @@ def _turn(tokens: np.ndarray, k: int) -> np.ndarray:
 def dihedral_inverse(k: int) -> int:
     """The element that undoes k: mirrors are their own inverse, turns go back."""
     return k if k >= 4 else (-k) % 4
+
+
+def dihedral_relabellings(tile: int, channels: int = 1) -> list[np.ndarray]:
+    """The 8 permutations of a tile's t·t·C value slots made by turning it: slot j of the
+    turned tile holds slot g[j] of the original. Lets torch code turn tiles with a gather."""
+    idx = np.arange(tile * tile * channels).reshape(1, tile, tile, channels)
+    return [np.ascontiguousarray(turn(idx, k)[0]).reshape(-1) for k in range(DIHEDRAL)]
+
+
+@lru_cache(maxsize=1)
+def dihedral_matrices() -> np.ndarray:
+    """(8, 2, 2) integer matrices: how element k moves a (row, col) offset on a grid.
+
+    Read off `turn` itself, so grid moves and tile turns always agree.
+    """
+    grid = np.arange(9).reshape(1, 3, 3, 1)
+    out = np.zeros((DIHEDRAL, 2, 2), dtype=np.int64)
+    for k in range(DIHEDRAL):
+        turned = turn(grid, k)[0, ..., 0]
+        for axis, source in ((0, 7), (1, 5)):  # the cell below and the cell right of the centre
+            r, c = np.argwhere(turned == source)[0]
+            out[k, :, axis] = (r - 1, c - 1)
+    return out
+
+
+@lru_cache(maxsize=1)
+def _compose_table() -> np.ndarray:
+    mats = dihedral_matrices()
+    table = np.zeros((DIHEDRAL, DIHEDRAL), dtype=np.int64)
+    for a in range(DIHEDRAL):
+        for b in range(DIHEDRAL):
+            product = mats[a] @ mats[b]
+            table[a, b] = next(k for k in range(DIHEDRAL) if np.array_equal(mats[k], product))
+    return table
+
+
+def compose(a, b):
+    """D4 product: turning by b, then by a, equals turning by compose(a, b) (arrays allowed)."""
+    return _compose_table()[a, b]
 
 
 def orient_tiles(img: np.ndarray, orientations, tile: int) -> np.ndarray:
@@ -213,7 +233,7 @@ def orient_tiles(img: np.ndarray, orientations, tile: int) -> np.ndarray:
     for element in range(DIHEDRAL):
         chosen = k == element
         if chosen.any():
-            out[chosen] = _turn(tokens[chosen], element)
+            out[chosen] = turn(tokens[chosen], element)
     return _untile(out, squeeze, rows, cols)
 
 
@@ -223,73 +243,92 @@ def unorient_tiles(img: np.ndarray, orientations, tile: int) -> np.ndarray:
     return orient_tiles(img, inverse, tile)
 
 
-def stored_size(mode: str, h: int, w: int, patch: int, sub_patch: int | None) -> tuple[int, int]:
-    """Size of the stored image for a cipher applied to an h×w image."""
-    _check_grid(h, w, patch)
-    if mode in ("mix", "mix-shuffle", "mix-shuffle-orient"):
-        if not sub_patch or patch % sub_patch:
-            raise ValueError(f"sub-patch {sub_patch} does not divide patch {patch}")
-        return h // patch * sub_patch, w // patch * sub_patch
-    if mode in ("shuffle", "none"):
-        return h, w
-    raise ValueError(f"unknown cipher mode {mode!r}; choose one of {', '.join(ALL_MODES)}")
-
-
-def permutation_length(mode: str, h: int, w: int, patch: int, sub_patch: int | None = None) -> int:
-    """How many tokens a mode's per-image permutation has (0 for keyless modes)."""
-    stored_size(mode, h, w, patch, sub_patch)
-    if mode in ("shuffle", "mix-shuffle", "mix-shuffle-orient"):
-        return (h // patch) * (w // patch)
-    return 0
-
-
-def orientation_length(mode: str, h: int, w: int, patch: int, sub_patch: int | None = None) -> int:
-    """How many keyed tile turns a mode draws per image (0 for modes without turns)."""
-    return permutation_length(mode, h, w, patch, sub_patch) if mode in ORIENTED_MODES else 0
-
-
-def keyed_orientations(dataset_key, n: int, split: str, sample_id: str) -> np.ndarray:
-    """The n secret tile turns (0..7) of one sample, from its own keyed stream.
-
-    `dataset_key` is a keys.derive.DatasetKey (passed in: this module holds no keys). The
-    stream is separate from the permutation's ("orient/" + split), so neither reveals the other.
-    """
-    stream = dataset_key.stream("orient/" + split, sample_id)
-    return np.array(stream.randbelow_many(DIHEDRAL, n), dtype=np.intp)
-
-
 def mix_shuffle_orient(img: np.ndarray, perm, orientations, patch: int, sub_patch: int) -> np.ndarray:
     """mix-shuffle, then turn stored tile i by D4 element orientations[i]."""
     return orient_tiles(mix_shuffle(img, perm, patch, sub_patch), orientations, sub_patch)
 
 
+# -- one entry per mode ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Secrets:
+    """One sample's keyed draws: the tile permutation and the tile turns (None when unused)."""
+
+    perm: np.ndarray | None = None
+    turns: np.ndarray | None = None
+
+
+def keyed_secrets(dataset_key, split: str, sample_id: str, geometry) -> Secrets:
+    """The secrets of one stored sample, as every release so far derived them.
+
+    `geometry` is a shards.manifest.CipherSpec (mode, patch, image_size); `dataset_key` a
+    keys.derive.DatasetKey, which owns the derivation (this module holds no keys). A keyed
+    crop view has its own sample id (encrypt.plan.sample_key), so the view is already bound.
+    """
+    n, turns = mode_of(geometry.mode).draws(geometry.image_size, geometry.patch)
+    return draw_secrets(dataset_key, split, sample_id, n, turns)
+
+
+def draw_secrets(dataset_key, split: str, sample_id: str, permutation_length: int, turns: int) -> Secrets:
+    """The keyed draws themselves (0: none); research rows of the benchmarks call it directly."""
+    perm = np.asarray(dataset_key.permutation(permutation_length, split, sample_id), dtype=np.intp) \
+        if permutation_length else None
+    orientations = np.asarray(dataset_key.orientations(turns, split, sample_id), dtype=np.intp) if turns else None
+    return Secrets(perm, orientations)
+
+
+Transform = Callable[[np.ndarray, Secrets, int, "int | None"], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Cipher:
+    """A mode's transform, its inverse (None: nothing keyed to undo) and its secrets."""
+
+    mode: Mode
+    encrypt: Transform
+    decrypt: Transform | None
+    secrets: Callable[..., Secrets] = keyed_secrets
+
+
+def _turns(s: Secrets) -> np.ndarray:
+    if s.turns is None:
+        raise ValueError("mode mix-shuffle-orient needs the keyed tile orientations")
+    return s.turns
+
+
+CIPHERS: dict[str, Cipher] = {
+    "shuffle": Cipher(MODES["shuffle"],
+                      encrypt=lambda img, s, p, sp: shuffle(img, s.perm, p),
+                      decrypt=lambda img, s, p, sp: unshuffle(img, s.perm, p)),
+    "mix": Cipher(MODES["mix"], encrypt=lambda img, s, p, sp: mix(img, p, sp), decrypt=None),
+    "mix-shuffle": Cipher(MODES["mix-shuffle"],
+                          encrypt=lambda img, s, p, sp: mix_shuffle(img, s.perm, p, sp),
+                          decrypt=lambda img, s, p, sp: unshuffle_mixed(img, s.perm, sp)),
+    "mix-shuffle-orient": Cipher(
+        MODES["mix-shuffle-orient"],
+        encrypt=lambda img, s, p, sp: mix_shuffle_orient(img, s.perm, _turns(s), p, sp),
+        decrypt=lambda img, s, p, sp: unshuffle_mixed(unorient_tiles(img, _turns(s), sp), s.perm, sp)),
+    "none": Cipher(MODES["none"], encrypt=lambda img, s, p, sp: np.asarray(img), decrypt=None),
+}
+
+
+def cipher_of(mode: str) -> Cipher:
+    """The entry of a mode; ValueError naming the modes otherwise."""
+    if mode not in CIPHERS:
+        raise ValueError(f"unknown cipher mode {mode!r}; choose one of {', '.join(CIPHERS)}")
+    return CIPHERS[mode]
+
+
 def encrypt_image(img: np.ndarray, mode: str, perm, patch: int, sub_patch: int | None,
                   orientations=None) -> np.ndarray:
     """Apply one mode; perm (and orientations) are ignored by modes that do not use them."""
-    if mode == "shuffle":
-        return shuffle(img, perm, patch)
-    if mode == "mix":
-        return mix(img, patch, sub_patch)
-    if mode == "mix-shuffle":
-        return mix_shuffle(img, perm, patch, sub_patch)
-    if mode == "mix-shuffle-orient":
-        if orientations is None:
-            raise ValueError("mode mix-shuffle-orient needs the keyed tile orientations")
-        return mix_shuffle_orient(img, perm, orientations, patch, sub_patch)
-    if mode == "none":
-        return np.asarray(img)
-    raise ValueError(f"unknown cipher mode {mode!r}; choose one of {', '.join(ALL_MODES)}")
+    return cipher_of(mode).encrypt(img, Secrets(perm, orientations), patch, sub_patch)
 
 
 def decrypt_image(stored: np.ndarray, mode: str, perm, patch: int, sub_patch: int | None,
                   orientations=None) -> np.ndarray:
     """Undo a keyed mode: the plain image for shuffle, the mixed image for the mixing modes."""
-    if mode == "shuffle":
-        return unshuffle(stored, perm, patch)
-    if mode == "mix-shuffle":
-        return unshuffle_mixed(stored, perm, sub_patch)
-    if mode == "mix-shuffle-orient":
-        if orientations is None:
-            raise ValueError("mode mix-shuffle-orient needs the keyed tile orientations")
-        return unshuffle_mixed(unorient_tiles(stored, orientations, sub_patch), perm, sub_patch)
-    raise ValueError(f"mode {mode!r} has no key to undo")
+    undo = cipher_of(mode).decrypt
+    if undo is None:
+        raise ValueError(f"mode {mode!r} has no key to undo")
+    return undo(stored, Secrets(perm, orientations), patch, sub_patch)

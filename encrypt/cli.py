@@ -11,17 +11,18 @@ from pathlib import Path
 
 import click
 
-from encrypt.ciphers import ALL_MODES, ORIENTED_MODES
 from encrypt.decrypt import decrypt_release
 from encrypt.forget import forget_samples
-from encrypt.distribute import check_address
-from encrypt.main import MODE_RISK, check_out_dir, encrypt_dataset, preflight
+from encrypt.distribute import check_address, load_runtime_env
+from encrypt.main import check_out_dir, encrypt_dataset, preflight
 from encrypt.plan import JobSettings, check_split
+from encrypt.risk import risk_line
 from encrypt.sources import InputError, list_coco, list_imagefolder
 from keys.keystore import open_keystore
 from keys.passphrase import PASSPHRASE_HELP, read_passphrase
 from shards.console import command_group
 from shards.errors import require
+from shards.modes import MODES, NAMES
 
 DEFAULT_MODE = "mix-shuffle"
 
@@ -50,7 +51,14 @@ def job_options(fn):
         click.option("--max-skipped", type=click.FloatRange(0, 1, min_open=True), metavar="FRACTION",
                      help="Refuse the release (nothing signed) when more than this fraction of the images "
                           "is skipped. Always refused: a split left empty."),
-        click.option("--ray-address", help="Join this Ray cluster instead of starting a local one."),
+        click.option("--ray-address", envvar="RAY_ADDRESS", metavar="HOST:PORT|ray://HOST:PORT|auto",
+                     help="Join this Ray cluster instead of starting a local one (default: $RAY_ADDRESS; "
+                          "`auto`: the cluster started on this machine). The cluster's CPUs are used; "
+                          "--num-cpus only sizes a local Ray."),
+        click.option("--ray-runtime-env", metavar="JSON|FILE",
+                     help="Ray runtime environment for the workers, inline JSON or a JSON file, so nodes "
+                          "need no pre-install, e.g. '{\"py_modules\": [\"encrypt\", \"keys\", \"shards\"], "
+                          "\"pip\": [\"numpy\", \"pillow\", \"cryptography\"]}' (docs/data-owner.md)."),
         click.option("--resume", is_flag=True, help="Continue an interrupted job in the same OUT."),
         click.option("--quiet", is_flag=True, help="No progress bar (bars are drawn on a terminal only)."),
     ]
@@ -61,21 +69,24 @@ def job_options(fn):
 
 def _job_settings(**fields) -> JobSettings:
     """The job's settings, refused with the option's name when the manifest would refuse them."""
-    if not fields["mode"].startswith("mix"):
+    facts = MODES.get(fields["mode"])
+    if facts is not None and not facts.mixes:
         fields["sub_patch"] = None
     return JobSettings(**fields)
 
 
-def _check_workers(num_cpus: int, ray_address: str | None) -> None:
+def _check_workers(num_cpus: int, ray_address: str | None, ray_runtime_env: str | None = None):
+    """Ray options checked before OUT exists; the runtime environment parsed (None: none given)."""
     if num_cpus > 0 or ray_address:
         require("ray", "encrypt-dataset with --num-cpus > 0 or --ray-address")
     if ray_address:
         check_address(ray_address)
+    return load_runtime_env(ray_runtime_env)
 
 
 def _warn_mode(mode: str) -> None:
-    if mode in MODE_RISK:
-        click.echo(f"warning: mode {mode}: {MODE_RISK[mode]} (see docs/privacy.md)", err=True)
+    """Every job says its mode's measured risk (encrypt/measured_risk.json, the benchmarks' output)."""
+    click.echo(f"warning: mode {mode}: {risk_line(mode)} (see docs/privacy.md)", err=True)
 
 
 def _open_keystore(keystore: Path, passphrase_file: Path | None):
@@ -109,7 +120,7 @@ def cli() -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 @keystore_options
 @job_options
-@click.option("--mode", type=click.Choice(ALL_MODES + ("none",)), default=DEFAULT_MODE, show_default=True,
+@click.option("--mode", type=click.Choice(NAMES), default=DEFAULT_MODE, show_default=True,
               help="Cipher (docs/privacy.md measures each). `none` writes plain images for baselines only.")
 @click.option("--resize", type=int, help="Shorter side before the centre crop (default: size·8/7).")
 @click.option("--views", default=1, show_default=True,
@@ -118,7 +129,7 @@ def cli() -> None:
 @click.option("--hide-class-names", is_flag=True, help="Keep only the class count in the manifest.")
 @click.option("--min-side", type=int, help="Skip images whose shorter side is below this (default: size/4).")
 def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patch, size, fmt, quality,
-                grayscale, shard_samples, num_cpus, max_skipped, ray_address, resume, quiet, mode, resize,
+                grayscale, shard_samples, num_cpus, max_skipped, ray_address, ray_runtime_env, resume, quiet, mode, resize,
                 views, split, hide_class_names, min_side):
     """Encrypt an ImageFolder tree: SRC/{train,val}/{class}/* or SRC/{class}/*.
 
@@ -132,14 +143,15 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
                              format=fmt, quality=quality, channels=1 if grayscale else 3,
                              shard_samples=shard_samples, min_side=size // 4 if min_side is None else min_side)
     split = check_split(split)
-    _check_workers(num_cpus, ray_address)
+    runtime_env = _check_workers(num_cpus, ray_address, ray_runtime_env)
     check_out_dir(out, [src], resume)
     listing = list_imagefolder(src, split)
     preflight(listing, settings, out)
     store = _open_keystore(keystore, passphrase_file)
     _warn_mode(mode)  # after every input check: an error stays the only line
     summary = encrypt_dataset(listing, out, store, dataset_id or Path(src).resolve().name, settings,
-                              workers=num_cpus, ray_address=ray_address, resume=resume,
+                              workers=num_cpus, ray_address=ray_address, ray_runtime_env=runtime_env,
+                              resume=resume,
                               hide_class_names=hide_class_names, progress=not quiet,
                               max_skipped_fraction=max_skipped)
     _report(summary, out)
@@ -151,11 +163,13 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
 @click.argument("out", type=click.Path(path_type=Path))
 @keystore_options
 @job_options
-@click.option("--mode", default="mix", show_default=True,
-              help="Only `mix` (or `none` for baselines): shuffled positions cannot carry boxes.")
+@click.option("--mode", type=click.Choice(NAMES), default="mix", show_default=True,
+              help="A mode that keeps patch positions (`mix`, or `none` for baselines): shuffled "
+                   "positions cannot carry boxes.")
 @click.option("--split", default="train", show_default=True, help="Split name for these images.")
 def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch, sub_patch, size, fmt,
-         quality, grayscale, shard_samples, num_cpus, max_skipped, ray_address, resume, quiet, mode, split):
+         quality, grayscale, shard_samples, num_cpus, max_skipped, ray_address, ray_runtime_env, resume, quiet, mode,
+         split):
     """Encrypt a COCO detection set: IMAGES folder + instances JSON, letterboxed to --size.
 
     \b
@@ -163,23 +177,22 @@ def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch,
       encrypt-dataset coco ~/coco/train2017 ~/coco/annotations/instances_train2017.json \\
           ~/coco-release --keystore ~/pv-keys --mode mix --size 512
     """
-    if mode in ("shuffle", "mix-shuffle") + ORIENTED_MODES:
+    if not MODES[mode].keeps_positions:
         raise InputError(f"--mode {mode} cannot be used for detection: shuffled patch positions "
                          "cannot carry boxes; use --mode mix")
-    if mode not in ("mix", "none"):
-        raise InputError(f"--mode {mode} is not a cipher; use --mode mix")
     settings = _job_settings(mode=mode, patch=patch, sub_patch=sub_patch, size=size, resize=size, views=1,
                              format=fmt, quality=quality, channels=1 if grayscale else 3,
                              shard_samples=shard_samples, task="detection", min_side=1)
     split = check_split(split)
-    _check_workers(num_cpus, ray_address)
+    runtime_env = _check_workers(num_cpus, ray_address, ray_runtime_env)
     check_out_dir(out, [images], resume)
     listing = list_coco(images, annotations, split)
     preflight(listing, settings, out)
     store = _open_keystore(keystore, passphrase_file)
     _warn_mode(mode)  # after every input check: an error stays the only line
     summary = encrypt_dataset(listing, out, store, dataset_id or Path(images).resolve().name, settings,
-                              workers=num_cpus, ray_address=ray_address, resume=resume, progress=not quiet,
+                              workers=num_cpus, ray_address=ray_address, ray_runtime_env=runtime_env,
+                              resume=resume, progress=not quiet,
                               max_skipped_fraction=max_skipped)
     _report(summary, out)
 
@@ -207,7 +220,7 @@ def decrypt(out, dest, keystore, passphrase_file, ids, quiet):
     summary = decrypt_release(out, dest, store, ids=wanted, progress=not quiet)
     extra = "" if summary.named_by == "path" else " (no sealed index in the keystore: files are named by sample id)"
     click.echo(f"decrypted {summary.samples} {summary.mode} samples into {summary.dest}{extra}")
-    if summary.mode.startswith("mix-shuffle"):
+    if MODES[summary.mode].mixes:
         click.echo(f"note: {summary.mode} decrypts to the mixed image; the averaging cannot be undone")
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from encrypt.sources import InputError
 
-class DecodeError(Exception):
+
+class DecodeError(InputError):
     """The file is not a usable image; the message is the reason (no path: callers add it)."""
 
 
@@ -57,6 +59,8 @@ def opened(source: Path | bytes) -> Iterator[Image.Image]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
                 yield img
+    except DecodeError:  # already one of ours (too small, empty): never re-worded below
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError(f"over the decompression-bomb limit ({exc.__class__.__name__})") from None
     except UnidentifiedImageError:

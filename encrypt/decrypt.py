@@ -1,9 +1,10 @@
 """decrypt_release: the key holder's way from a release back to images.
 
-`shuffle` samples come back exactly as the cipher saw them (the PNG of a PNG release equals
-the resized, cropped source pixel for pixel; a JPEG release carries its encoding losses).
-`mix-shuffle` and `mix-shuffle-orient` (tile turns undone too) come back to the mixed image:
-averaging cannot be undone. `mix` and `none` hold no key, so there is nothing to decrypt.
+Each mode's inverse and secrets come from its `encrypt.ciphers.CIPHERS` entry, exactly as the
+job drew them. `shuffle` samples come back exactly as the cipher saw them (the PNG of a PNG
+release equals the resized, cropped source pixel for pixel; a JPEG release carries its
+encoding losses). The shuffling mixing modes come back to the mixed image: averaging cannot
+be undone. Keyless modes (`mix`, `none`) have nothing to decrypt.
 Output files are named by the owner's sealed index (`keys.index`), built in a hidden sibling
 of DEST and renamed into place only when every sample is done, and the count is logged as
 `decrypted` in the custody log.
@@ -19,7 +20,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from encrypt.ciphers import decrypt_image, keyed_orientations, orientation_length, permutation_length
+from encrypt.ciphers import cipher_of
 from encrypt.lock import holds_release
 from encrypt.sources import InputError
 from keys.errors import KeystoreError
@@ -28,11 +29,17 @@ from shards.console import progress_bar
 from shards.manifest import MANIFEST_NAME, Manifest, ManifestError
 from shards.reader import iter_samples, sha256_file
 
-NOTHING_TO_DECRYPT = {
-    "mix": "mode mix keeps no key: the stored image already is the mixed image, and averaging "
-           "cannot be undone; nothing to decrypt",
-    "none": "mode none stores plain images; nothing to decrypt",
-}
+
+
+def nothing_to_decrypt(mode: str) -> str | None:
+    """Why a release of `mode` has nothing to decrypt (a keyless mode), or None."""
+    cipher = cipher_of(mode)
+    if cipher.decrypt is not None:
+        return None
+    if not cipher.mode.encrypted:
+        return f"mode {mode} stores plain images; nothing to decrypt"
+    return (f"mode {mode} keeps no key: the stored image already is the mixed image, and averaging "
+            "cannot be undone; nothing to decrypt")
 
 
 @dataclass
@@ -82,8 +89,9 @@ def decrypt_release(out_dir: Path, dest: Path, keystore, *, ids: Iterable[str] |
     out_dir, dest = Path(out_dir), Path(dest)
     manifest = load_owned_manifest(out_dir, keystore)
     cipher = manifest.cipher
-    if cipher.mode in NOTHING_TO_DECRYPT:
-        raise InputError(f"{out_dir}: {NOTHING_TO_DECRYPT[cipher.mode]}")
+    refusal = nothing_to_decrypt(cipher.mode)
+    if refusal:
+        raise InputError(f"{out_dir}: {refusal}")
     _check_dest(dest, out_dir)
     dataset_key = keystore.dataset_key(manifest.dataset_id, manifest.dataset_key_id)
     try:
@@ -99,9 +107,7 @@ def decrypt_release(out_dir: Path, dest: Path, keystore, *, ids: Iterable[str] |
                          f"e.g. {missing[0]}")
     check_shard_digests(out_dir, manifest)
 
-    h, w = cipher.image_size
-    n = permutation_length(cipher.mode, h, w, cipher.patch, cipher.sub_patch)
-    turns = orientation_length(cipher.mode, h, w, cipher.patch, cipher.sub_patch)
+    entry = cipher_of(cipher.mode)
     total = len(wanted) if wanted is not None else sum(e.samples for es in manifest.splits.values() for e in es)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     written: set[str] = set()
@@ -113,10 +119,8 @@ def decrypt_release(out_dir: Path, dest: Path, keystore, *, ids: Iterable[str] |
                     if sample.key in written:  # else one image would silently overwrite the other
                         raise InputError(f"{out_dir}: sample {sample.key} appears twice in the release; "
                                          "run audit-shards verify")
-                    perm = dataset_key.permutation(n, split, sample.key)
-                    orientations = keyed_orientations(dataset_key, turns, split, sample.key) if turns else None
-                    plain = decrypt_image(sample.image, cipher.mode, perm, cipher.patch, cipher.sub_patch,
-                                          orientations)
+                    secrets = entry.secrets(dataset_key, split, sample.key, cipher)
+                    plain = entry.decrypt(sample.image, secrets, cipher.patch, cipher.sub_patch)
                     name = _output_name(split, sample.key, index, names)
                     target = staging / name
                     target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,10 @@
 """The only place that knows about Ray: run shard tasks, one Ray task per shard.
 
-Local Ray by default (`num_cpus` workers, no dashboard); `address` joins a cluster. Tasks are
+Local Ray by default (`num_cpus` workers, no dashboard); `address`, or Ray's own
+`RAY_ADDRESS` when none is given, joins a cluster (`auto`: the one started on this machine),
+and then the cluster decides the CPUs. `runtime_env` goes to `ray.init` so nodes can get the
+package shipped (`py_modules`, `working_dir`) instead of pre-installed. Once Ray is up the job
+says on stderr, in one line, which cluster it uses, with how many nodes and CPUs. Tasks are
 retried when a worker dies. Results stream back as they finish so the driver can journal each
 shard at once and a crash loses at most the shards in flight. `workers=0` runs in-process
 (used by tests and tiny jobs; the bytes are identical either way).
@@ -16,12 +20,15 @@ import logging
 import os
 import re
 import socket
+import sys
+import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from encrypt.job import ShardResult, encrypt_shard
 from encrypt.plan import JobSettings, ShardTask
-from shards.errors import PatchveilError, first_line
+from encrypt.sources import InputError
+from shards.errors import first_line
 
 TASK_RETRIES = 3
 CONNECT_TIMEOUT_S = 5.0  # the TCP check of a cluster address, before ray.init
@@ -29,11 +36,11 @@ _NO_PROBE = {"auto", "local"}  # addresses Ray resolves itself
 _WORKER = re.compile(r"\(pid=(\d+), ip=([^,)\s]+)")  # "ray::encrypt_shard() (pid=1, ip=10.0.0.5)"
 
 
-class ClusterError(PatchveilError):
+class ClusterError(InputError):
     """Ray could not be started or the cluster could not be joined (exit 2)."""
 
 
-class ShardTaskError(PatchveilError):
+class ShardTaskError(InputError):
     """A shard's task failed on a Ray worker; names the shard and the node (exit 2)."""
 
 
@@ -75,10 +82,55 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
                        "is the head node running, and is this its address (host:port, default port 6379)?")
 
 
-def _init_ray(ray, workers: int, address: str | None) -> None:
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to join: `address`, else Ray's `RAY_ADDRESS` (which ray.init reads anyway,
+    and then refuses `num_cpus`), else None for a local Ray."""
+    return (address or os.environ.get("RAY_ADDRESS", "")).strip() or None
+
+
+def load_runtime_env(value: str | dict | None) -> dict | None:
+    """A Ray runtime environment from inline JSON, a JSON file, or a dict; ClusterError in one line."""
+    if value is None or isinstance(value, dict):
+        return value
+    text = value.strip()
+    source = "--ray-runtime-env"
+    if not text.startswith(("{", "[")):  # else a file name
+        source = f"--ray-runtime-env {value}"
+        try:
+            text = Path(value).expanduser().read_text()
+        except OSError as exc:
+            raise ClusterError(f"{source}: cannot be read ({exc.strerror or type(exc).__name__}); "
+                               "give a JSON object or a JSON file") from None
+    try:
+        env = json.loads(text)
+    except ValueError as exc:
+        raise ClusterError(f"{source}: not valid JSON ({first_line(exc)[:120]})") from None
+    if not isinstance(env, dict):
+        raise ClusterError(f"{source}: expected a JSON object such as "
+                           '{"py_modules": ["encrypt", "keys", "shards"]}')
+    return env
+
+
+def cluster_line(ray, address: str | None) -> str:
+    """What the job runs on, for the log (never the manifest): address, live nodes, CPUs."""
+    try:
+        where = ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - the line is informative; never fail the job over it
+        where = None
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = ray.cluster_resources().get("CPU", 0)
+    kind = f"cluster {shown_address(where or address or '?')}" if address else \
+        f"local Ray started here ({shown_address(where)})" if where else "local Ray started here"
+    asked = f" (asked for {shown_address(address)})" if address and where and address != where else ""
+    return f"ray: {kind}{asked}: {len(nodes)} node{'s' * (len(nodes) != 1)}, {cpus:g} CPUs for shard tasks"
+
+
+def _init_ray(ray, workers: int, address: str | None, runtime_env: dict | None = None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     init = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
                 configure_logging=True)
+    if runtime_env:
+        init["runtime_env"] = runtime_env
     if address:
         check_address(address)
     try:
@@ -116,13 +168,15 @@ def _run_in_process(tasks: Iterable[ShardTask], settings: JobSettings, dataset_k
 
 
 def _run_on_ray(tasks: list[ShardTask], settings: JobSettings, dataset_key, out_dir: Path,
-                workers: int, address: str | None) -> Iterator[ShardResult]:
+                workers: int, address: str | None, runtime_env: dict | None,
+                say: Callable[[str], None] | None) -> Iterator[ShardResult]:
     import ray
 
     started_here = not ray.is_initialized()
     if started_here:
-        _init_ray(ray, workers, address)
+        _init_ray(ray, workers, address, runtime_env)
     try:
+        (say or _stderr)(cluster_line(ray, address))
         remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(encrypt_shard)
         settings_ref, key_ref = ray.put(settings), ray.put(dataset_key)
         task_of = {}
@@ -146,14 +200,25 @@ def _run_on_ray(tasks: list[ShardTask], settings: JobSettings, dataset_key, out_
             ray.shutdown()
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def run_shards(tasks: list[ShardTask], settings: JobSettings, dataset_key, out_dir: Path, *,
-               workers: int, address: str | None = None,
-               on_result: Callable[[ShardResult], None] | None = None) -> list[ShardResult]:
-    """Run every task and return the results in completion order."""
+               workers: int, address: str | None = None, runtime_env: dict | str | None = None,
+               on_result: Callable[[ShardResult], None] | None = None,
+               say: Callable[[str], None] | None = None) -> list[ShardResult]:
+    """Run every task and return the results in completion order.
+
+    `address` None falls back to `RAY_ADDRESS`; `say` gets the cluster line (default: stderr).
+    """
+    address = cluster_address(address)
+    runtime_env = load_runtime_env(runtime_env)
     if workers == 0 and not address:
         stream = _run_in_process(tasks, settings, dataset_key, out_dir)
     else:
-        stream = _run_on_ray(tasks, settings, dataset_key, out_dir, max(workers, 1), address)
+        stream = _run_on_ray(tasks, settings, dataset_key, out_dir, max(workers, 1), address,
+                             runtime_env, say)
     results = []
     for result in stream:
         if on_result:

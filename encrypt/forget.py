@@ -37,13 +37,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from encrypt.decrypt import check_shard_digests, load_owned_manifest
-from encrypt.journal import MANIFEST_TEMP_PATTERN, owner_dir
+from encrypt.journal import INFO_TEMP_PATTERN, MANIFEST_TEMP_PATTERN, owner_dir
 from encrypt.lock import release_lock
 from encrypt.sources import InputError
 from keys.derive import normalise_path
 from keys.index import load_index
 from shards.common import SHARD_NAME_PATTERN, atomic_write_bytes, atomic_writer, fsync_directory
 from shards.console import progress_bar
+from shards.info import INFO_NAME, info_bytes, info_sha256
 from shards.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardEntry
 from shards.reader import sha256_file
 from shards.writer import ShardWriter
@@ -115,12 +116,18 @@ def _forget(out_dir: Path, keystore, paths: Iterable[str], progress: bool,
     new = dataclasses.replace(
         manifest, splits=splits, extra=extra, public_key=None, signature=None,
         created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-    ).signed(keystore.sign, keystore.public_key)
+    )
+    info = None
+    if manifest.info_sha256 is not None:  # the new version's timm split list, signed with it
+        info = info_bytes(new)
+        new = dataclasses.replace(new, info_sha256=info_sha256(info))
+    new = new.signed(keystore.sign, keystore.public_key)
     digest = new.digest()
     _step("staged")
     record = {
         "forget": 1, "ids": sorted(found), "requested": len(targets),
         "previous_manifest": previous, "manifest_digest": digest, "version": version + 1,
+        "info_text": info.decode("ascii") if info is not None else None,
         "manifest_text": json.dumps(new.to_dict(), sort_keys=True, indent=2, ensure_ascii=True,
                                     allow_nan=False) + "\n",
         "shards": [{"old": old, "new": dataclasses.asdict(entry)} for old, entry in moves],
@@ -186,6 +193,8 @@ def _roll_forward(out_dir: Path, keystore, record: dict[str, Any]) -> ForgetSumm
             _step("moving")
         fsync_directory(out_dir)
         _step("moved")
+        if record.get("info_text") is not None:  # before the switch; rewritten if a kill comes between
+            atomic_write_bytes(out_dir / INFO_NAME, record["info_text"].encode("ascii"))
         with atomic_writer(manifest_path) as f:
             f.write(record["manifest_text"].encode("ascii"))
             f.flush()
@@ -242,7 +251,7 @@ def _remove_temps(out_dir: Path, record: dict[str, Any]) -> None:
     new_names = {m["new"]["name"] for m in record["shards"]}
     for entry in out_dir.iterdir():
         name = entry.name
-        if MANIFEST_TEMP_PATTERN.match(name) or (
+        if MANIFEST_TEMP_PATTERN.match(name) or INFO_TEMP_PATTERN.match(name) or (
                 name.endswith(".tmp") and any(name.startswith(f".{n}.") for n in new_names)):
             entry.unlink()
 

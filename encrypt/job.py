@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encrypt.ciphers import (encrypt_image, keyed_orientations, orientation_length, permutation_length,
-                             stored_size)
+from encrypt.ciphers import cipher_of
 from encrypt.decode import DecodeError
 from encrypt.encode import encode_image, extension
 from encrypt.geometry import letterbox, random_resized_crop
@@ -57,8 +56,9 @@ def _letterbox_with_objects(pixels: np.ndarray, annotation: dict, settings: JobS
     objects = annotation.get("objects", [])
     boxes = np.array([o["bbox"] for o in objects], dtype=np.float64).reshape(-1, 4)
     img, boxes, _ = letterbox(pixels, settings.size, boxes)
-    # Boxes are stored in stored-image pixels: mix keeps sub_patch pixels per patch.
-    ratio = (settings.sub_patch / settings.patch) if settings.mode == "mix" else 1.0
+    spec = settings.cipher_spec()
+    # Boxes are stored in stored-image pixels: mixing keeps sub_patch pixels per patch.
+    ratio = spec.stored_size[0] / spec.image_size[0]
     boxes = boxes * ratio
     kept, notes = [], []
     for obj, box in zip(objects, boxes):
@@ -66,7 +66,7 @@ def _letterbox_with_objects(pixels: np.ndarray, annotation: dict, settings: JobS
             notes.append("annotation dropped: box outside the image or under one pixel")
             continue
         kept.append((obj, box))
-    sh, sw = stored_size(settings.mode, settings.size, settings.size, settings.patch, settings.sub_patch)
+    sh, sw = spec.stored_size
     meta = {
         "boxes": [[round(float(v), 3) for v in box] for _, box in kept],
         "category_ids": [int(o["category_id"]) for o, _ in kept],
@@ -79,12 +79,13 @@ def _letterbox_with_objects(pixels: np.ndarray, annotation: dict, settings: JobS
 
 def encrypt_sample(pixels: np.ndarray, sample: PlannedSample, settings: JobSettings, dataset_key) -> bytes:
     """Cipher and encode one prepared image."""
-    h, w = pixels.shape[:2]
-    n = permutation_length(settings.mode, h, w, settings.patch, settings.sub_patch)
-    perm = dataset_key.permutation(n, sample.split, sample.key) if n else None
-    turns = orientation_length(settings.mode, h, w, settings.patch, settings.sub_patch)
-    orientations = keyed_orientations(dataset_key, turns, sample.split, sample.key) if turns else None
-    enc = encrypt_image(pixels, settings.mode, perm, settings.patch, settings.sub_patch, orientations)
+    spec = settings.cipher_spec()
+    if tuple(pixels.shape[:2]) != spec.image_size:
+        raise ValueError(f"prepared pixels are {pixels.shape[0]}x{pixels.shape[1]}, the cipher sees "
+                         f"{spec.image_size[0]}x{spec.image_size[1]}")
+    cipher = cipher_of(spec.mode)
+    secrets = cipher.secrets(dataset_key, sample.split, sample.key, spec)
+    enc = cipher.encrypt(pixels, secrets, spec.patch, spec.sub_patch)
     return encode_image(enc, settings.format, settings.quality)
 
 

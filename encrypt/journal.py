@@ -23,6 +23,7 @@ from pathlib import Path
 from encrypt.sources import InputError, Skipped
 from shards.common import atomic_write_bytes
 from shards.errors import escape_path
+from shards.info import INFO_NAME
 from shards.manifest import ShardEntry
 from shards.reader import sha256_file
 from shards.writer import TEMP_PATTERN
@@ -30,6 +31,7 @@ from shards.writer import TEMP_PATTERN
 MANIFEST_NAME = "manifest.json"
 # shards.common.atomic_writer: mkstemp(prefix=".manifest.json.", suffix=".tmp")
 MANIFEST_TEMP_PATTERN = re.compile(r"^\.manifest\.json\.[^./]+\.tmp$")
+INFO_TEMP_PATTERN = re.compile(r"^\._info\.json\.[^./]+\.tmp$")
 _SHARD_TEMP = re.compile(r"^\.(?P<shard>.+\.tar)\.[^./]+\.tmp$")
 
 
@@ -50,7 +52,7 @@ def make_owner_dir(path: Path) -> Path:
 def own_leftovers(out_dir: Path, shard_names: Iterable[str]) -> list[Path]:
     """The temporary files this job's interrupted writes left in OUT; refuse anything foreign.
 
-    OUT may hold only this job's shards (`shard_names`), its manifest and their temp files;
+    OUT may hold only this job's shards (`shard_names`), its manifest, `_info.json` and their temp files;
     the first other entry (by name: a dot-file, a folder, a link, a shard of another plan)
     raises InputError naming it, before anything is removed.
     """
@@ -63,10 +65,10 @@ def own_leftovers(out_dir: Path, shard_names: Iterable[str]) -> list[Path]:
         name = entry.name
         temp = _SHARD_TEMP.match(name)
         regular = entry.is_file() and not entry.is_symlink()
-        if regular and (name in names or name == MANIFEST_NAME):
+        if regular and (name in names or name in (MANIFEST_NAME, INFO_NAME)):
             continue
         if regular and ((TEMP_PATTERN.match(name) and temp and temp.group("shard") in names)
-                        or MANIFEST_TEMP_PATTERN.match(name)):
+                        or MANIFEST_TEMP_PATTERN.match(name) or INFO_TEMP_PATTERN.match(name)):
             leftovers.append(entry)
             continue
         what = "a folder" if entry.is_dir() and not entry.is_symlink() else \

@@ -7,6 +7,7 @@ owner's report. This is the function the command line, the demo and the tests ca
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from encrypt.distribute import check_address, run_shards
+from encrypt.distribute import check_address, cluster_address, load_runtime_env, run_shards
 from encrypt.journal import Journal, make_owner_dir, own_leftovers, owner_dir
 from encrypt.lock import holds_release
 from encrypt.plan import JobSettings, plan_shards
@@ -26,22 +27,8 @@ from encrypt.sources import InputError, Skipped, SourceListing, display_path
 from keys.index import save_index
 from shards.console import progress_bar
 from shards.common import atomic_write_bytes, fsync_directory
+from shards.info import INFO_NAME, info_bytes, info_sha256
 from shards.manifest import Manifest
-
-# What was measured (docs/privacy.md), said whenever a mode is used, the default included.
-MODE_RISK = {
-    "shuffle": "a jigsaw solver restores 96% of patch neighbours of 16 px shuffled photos (faces and "
-               "objects visible again); a learned attacker makes 86% of Fashion-MNIST items recognizable "
-               "and re-identifies 69% among ~50 of their class (chance 2%)",
-    "mix": "mix keeps layout and colours: a deconvolution gives a 22 dB picture of every photo and "
-           "re-identifies 95% of Fashion-MNIST items among ~50 of their class (chance 2%)",
-    "mix-shuffle": "photos resist the placement attacks here (12% of neighbours), but a learned attacker "
-                   "still re-identifies 32% of Fashion-MNIST items among ~50 of their class (chance 2%)",
-    "mix-shuffle-orient": "no placement attack here gets over 1% of neighbours, yet a learned attacker "
-                          "re-identifies 11% of Fashion-MNIST items among ~50 of their class (chance 2%), "
-                          "and training reaches only ~0.54 of plain top-1 (Fashion-MNIST)",
-    "none": "no cipher: plain images, for baselines only",
-}
 
 PREFLIGHT_PROBE = 64
 """Images per split whose header `preflight` reads (at most) before anything is written."""
@@ -217,6 +204,7 @@ def _discard_outputs(out_dir: Path, tasks, journal: Journal, created_out: bool) 
         return
     for task in tasks:
         (out_dir / task.name).unlink(missing_ok=True)
+    (out_dir / INFO_NAME).unlink(missing_ok=True)  # a crash after it, before the manifest
     journal.discard()
     fsync_directory(out_dir)
     if created_out:
@@ -229,7 +217,7 @@ def _discard_outputs(out_dir: Path, tasks, journal: Journal, created_out: bool) 
 @holds_release
 def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id: str,
                     settings: JobSettings, *, workers: int = 0, ray_address: str | None = None,
-                    resume: bool = False, hide_class_names: bool = False,
+                    ray_runtime_env: dict | str | None = None, resume: bool = False, hide_class_names: bool = False,
                     progress: bool = True, max_skipped_fraction: float | None = None,
                     probe: int = PREFLIGHT_PROBE) -> JobSummary:
     """Encrypt a listed dataset into signed shards under out_dir; return the summary.
@@ -251,6 +239,8 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
     created_out = not out_dir.exists()
     if not resuming and not created_out and any(out_dir.iterdir()):
         raise InputError(out_dir, f"output folder is not empty and has no job journal in {private}")
+    ray_address = cluster_address(ray_address)  # RAY_ADDRESS when none is given, as Ray does
+    ray_runtime_env = load_runtime_env(ray_runtime_env)
     if ray_address:
         check_address(ray_address)  # an unreachable cluster is refused before anything is written
     preflight(listing, settings, out_dir, probe)
@@ -283,7 +273,7 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
 
     try:
         run_shards(todo, settings, dataset_key, out_dir, workers=workers, address=ray_address,
-                   on_result=on_result)
+                   runtime_env=ray_runtime_env, on_result=on_result)
     finally:
         bar.close()
 
@@ -311,7 +301,10 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
         class_names=None if hide_class_names else list(listing.class_names),
         categories=listing.categories, key_id=dataset_key.dataset_key_id, tool_version=tool_version(),
         created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-    ).signed(keystore.sign, keystore.public_key)
+    )
+    info = info_bytes(manifest)  # timm's split list, signed through its digest
+    manifest = dataclasses.replace(manifest, info_sha256=info_sha256(info)).signed(keystore.sign, keystore.public_key)
+    atomic_write_bytes(out_dir / INFO_NAME, info)
     manifest.save(out_dir / "manifest.json")
     digest = manifest.digest()
     images = sum(e.samples for entries in splits.values() for e in entries)

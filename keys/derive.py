@@ -1,4 +1,5 @@
-"""Everything a dataset key derives: opaque sample ids, per-sample seeds, keyed orders, sub-keys.
+"""Everything a dataset key derives: opaque sample ids, per-sample seeds, permutations and tile
+turns, keyed orders, sub-keys.
 
 All messages are framed (a 4-byte big-endian length before every field, a purpose tag first)
 so no two different inputs can produce the same HMAC message.
@@ -103,6 +104,16 @@ class DatasetKey:
     def permutation(self, n: int, split: str, sample_id: str, view: int = 0) -> list[int]:
         """The secret permutation of ``range(n)`` for one (split, sample, view)."""
         return self.stream(split, sample_id, view).permutation(n)
+
+    def orientations(self, n: int, split: str, sample_id: str, choices: int = 8) -> list[int]:
+        """The n secret tile turns (0..choices-1, the 8 elements of D4) of one sample.
+
+        Drawn from the sample's own stream under "orient/" + split, apart from the
+        permutation's, so neither reveals the other. Moved here from encrypt.ciphers (which
+        holds no keys); the draws are those of every `-orient` release so far.
+        """
+        _text(split, "split")
+        return self.stream("orient/" + split, sample_id).randbelow_many(choices, n)
 
     def order_key(self, split: str, sample_id: str) -> bytes:
         """Sort key for the keyed global sample order: HMAC(key, "order" ‖ split ‖ sample id)."""

@@ -1,8 +1,8 @@
 """The project's one error root and the one way a command line shows an error.
 
-Every package raises a subclass of `PatchveilError` (keys: `KeystoreError`, shards:
-`ManifestError`/`ShardError`, encrypt: `InputError`, train: `TrainError`, audit:
-`AuditError`). Each renders itself as one line, ``<file>: <reason>`` when a file is at
+Every package raises a subclass of `PatchveilError`, one root per package (keys: `KeystoreError`, shards:
+`ContractError` — `ManifestError`, `ShardError`, `GeometryError` —, encrypt: `InputError`,
+train: `TrainError`, audit: `AuditError`). Each renders itself as one line, ``<file>: <reason>`` when a file is at
 fault, and carries the exit code the commands use: 2 for bad usage, input or environment,
 1 for a check or run that failed. `render` turns any exception into that line and code;
 `shards.console.run_command` is the one place the four commands show it. Standard library
@@ -45,6 +45,10 @@ class PatchveilError(Exception):
     def diagnostics(self) -> str:
         """The line a command prints for this error (without the ``error:`` prefix)."""
         return first_line(self)
+
+
+class ContractError(PatchveilError, ValueError):
+    """shards' error root: the public contract (manifest, shard files, mode geometry) refuses it."""
 
 
 class CheckFailed(PatchveilError):

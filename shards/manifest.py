@@ -7,6 +7,10 @@ engineer or an auditor can check with the public key alone that nothing was edit
 or removed. Loading is strict: unknown fields, duplicate JSON keys, path-like shard names
 and format versions newer than this code are refused, because a reader that skips what it
 does not understand could be shown something other than what was signed.
+
+Format 2 added one optional field, `info_sha256`: the sha256 of the `_info.json` beside the
+shards (`shards.info`, what timm reads). A manifest without it is written without the key, so
+format-1 manifests keep their canonical bytes and their signatures still verify.
 """
 from __future__ import annotations
 
@@ -25,13 +29,12 @@ from typing import Any
 # shards.common; they stay importable from here for the packages that import them so.
 from shards.common import (SHARD_NAME_PATTERN, DatasetKeyID, SPLIT_PATTERN, atomic_write_bytes, b64decode_canonical,  # noqa: F401
                            b64encode, canonical_json, fsync_directory)
-from shards.errors import PatchveilError
+from shards.errors import ContractError
+from shards.modes import GeometryError, Mode, mode_of
 from shards.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Sign, verify_signature
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
-MODES = ("shuffle", "mix", "mix-shuffle", "mix-shuffle-orient", "none")
-MIXING_MODES = ("mix", "mix-shuffle", "mix-shuffle-orient")
 STORAGE_FORMATS = ("jpeg", "png")
 TASKS = ("classification", "detection")
 MAX_MANIFEST_BYTES = 64 * 2**20
@@ -39,7 +42,7 @@ MAX_MANIFEST_BYTES = 64 * 2**20
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ManifestError(PatchveilError, ValueError):
+class ManifestError(ContractError):
     """A manifest is malformed, from a newer format version, or fails its signature check.
 
     The message is one line: the field (or file) at fault and the reason.
@@ -138,6 +141,21 @@ def _nested(name: str, build: Any, *args: Any) -> Any:
         raise ManifestError(f"{name}.{e}") from None
 
 
+def _mode(name: Any) -> Mode:
+    try:
+        return mode_of(name)
+    except GeometryError as exc:
+        raise ManifestError(str(exc)) from None
+
+
+def _geometry(mode: Mode, image_size: tuple[int, int], patch: int, sub_patch: Any) -> tuple[int, int]:
+    """The table's geometry rule, its refusal as a ManifestError naming the field."""
+    try:
+        return mode.stored_size(image_size, patch, sub_patch)
+    except GeometryError as exc:
+        raise ManifestError(str(exc)) from None
+
+
 # -- the three records ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -158,22 +176,14 @@ class CipherSpec:
     channels: int
 
     def __post_init__(self) -> None:
-        _check_choice(self.mode, "mode", MODES)
+        mode = _mode(self.mode)
         patch = _check_int(self.patch, "patch", 1)
         h, w = _check_size(self.image_size, "image_size")
         object.__setattr__(self, "image_size", (h, w))
         object.__setattr__(self, "stored_size", _check_size(self.stored_size, "stored_size"))
-        if h % patch or w % patch:
-            raise ManifestError(f"image_size: {h}x{w} is not divisible by the patch {patch}")
-        if self.mode in MIXING_MODES:
-            sub = _check_int(self.sub_patch, "sub_patch", 1)
-            if sub >= patch or patch % sub:
-                raise ManifestError(f"sub_patch: {sub} must be smaller than and divide the patch {patch}")
-            expected = (h // patch * sub, w // patch * sub)
-        else:
-            if self.sub_patch is not None:
-                raise ManifestError(f"sub_patch: must be null for mode {self.mode}")
-            expected = (h, w)
+        if mode.mixes:
+            _check_int(self.sub_patch, "sub_patch", 1)
+        expected = _geometry(mode, (h, w), patch, self.sub_patch)
         if self.stored_size != expected:
             got = self.stored_size
             raise ManifestError(f"stored_size: {self.mode} of {h}x{w} stores "
@@ -194,24 +204,28 @@ class CipherSpec:
         The data owner's options go through here before anything is written, so an option is
         accepted exactly when the manifest it leads to would be.
         """
-        _check_choice(mode, "mode", MODES)
+        facts = _mode(mode)
         p = _check_int(patch, "patch", 1)
         h, w = _check_size(image_size, "image_size")
-        stored = (h, w)
-        if mode in MIXING_MODES:
-            s = _check_int(sub_patch, "sub_patch", 1)
-            stored = (h // p * s, w // p * s)
+        if facts.mixes:
+            _check_int(sub_patch, "sub_patch", 1)
+        stored = _geometry(facts, (h, w), p, sub_patch)
         return cls(mode, patch, sub_patch, (h, w), stored, format, quality, channels)
+
+    @property
+    def facts(self) -> Mode:
+        """This mode's row of the table (shards.modes): what it mixes, shuffles, turns."""
+        return mode_of(self.mode)
 
     @property
     def encrypted(self) -> bool:
         """False for the plain baseline (`none`), which a release must flag as such."""
-        return self.mode != "none"
+        return self.facts.encrypted
 
     @property
     def tile(self) -> int:
         """Side of one stored token tile: the patch, or the sub-patch once patches are mixed."""
-        return self.sub_patch if self.mode in MIXING_MODES else self.patch
+        return self.facts.tile(self.patch, self.sub_patch)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -262,7 +276,7 @@ class ShardEntry:
 
 _REQUIRED = {"format_version", "task", "dataset_id", "cipher", "splits", "num_classes",
              "class_names", "categories", "key_id", "tool_version", "created"}
-_OPTIONAL = {"public_key", "signature", "extra"}
+_OPTIONAL = {"public_key", "signature", "extra", "info_sha256"}
 
 
 @dataclass(frozen=True)
@@ -283,6 +297,7 @@ class Manifest:
     public_key: str | None = None
     signature: str | None = None
     extra: dict = field(default_factory=dict)
+    info_sha256: str | None = None  # format 2: the signed digest of OUT/_info.json
 
     def __post_init__(self) -> None:
         version = _check_int(self.format_version, "format_version", 1)
@@ -319,6 +334,11 @@ class Manifest:
         if not isinstance(self.extra, dict) or not all(isinstance(k, str) for k in self.extra):
             raise ManifestError("extra: expected a JSON object")
         _check_json_value(self.extra, "extra")
+        if self.info_sha256 is not None:
+            if not isinstance(self.info_sha256, str) or not SHA256_PATTERN.match(self.info_sha256):
+                raise ManifestError("info_sha256: expected 64 lowercase hex digits")
+            if version < 2:
+                raise ManifestError(f"info_sha256: not part of format_version {version} (needs 2)")
 
     def _check_splits(self) -> None:
         if not isinstance(self.splits, dict) or not self.splits:
@@ -356,7 +376,7 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON values (fresh copies: editing them changes nothing here)."""
-        return {
+        d = {
             "format_version": self.format_version,
             "task": self.task,
             "dataset_id": self.dataset_id,
@@ -372,6 +392,9 @@ class Manifest:
             "signature": self.signature,
             "extra": copy.deepcopy(self.extra),
         }
+        if self.info_sha256 is not None:  # absent, not null: older manifests keep their signed bytes
+            d["info_sha256"] = self.info_sha256
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> Manifest:

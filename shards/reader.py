@@ -23,7 +23,8 @@ from typing import Any, Callable, Collection, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from shards.errors import PatchveilError
+from shards.errors import ContractError
+from shards.info import INFO_NAME, info_problems
 from shards.manifest import MANIFEST_NAME, CipherSpec, Manifest, ManifestError, ShardEntry
 from shards.writer import KEY_PATTERN, TEMP_PATTERN
 
@@ -33,7 +34,7 @@ STORAGE_EXTENSION = {"jpeg": "jpg", "png": "png"}
 _CHUNK = 1 << 20
 
 
-class ShardError(PatchveilError, ValueError):
+class ShardError(ContractError):
     """A shard breaks the contract; the one-line message names the shard and the reason."""
 
 
@@ -341,8 +342,10 @@ def verify_shards(out_dir: str | os.PathLike, manifest: Manifest, *, check_diges
         for entry in entries:
             listed.add(entry.name)
             problems += _check_entry(out_dir, entry, check_digests)
+    if manifest.info_sha256 is not None:
+        problems += _check_info(out_dir / INFO_NAME, manifest)
     for path in sorted(out_dir.iterdir()):
-        if path.name in listed:
+        if path.name in listed or (path.name == INFO_NAME and manifest.info_sha256 is not None):
             continue
         if TEMP_PATTERN.match(path.name):
             problems.append(f"{path.name}: temporary file left by an interrupted write")
@@ -350,5 +353,18 @@ def verify_shards(out_dir: str | os.PathLike, manifest: Manifest, *, check_diges
             problems.append(f"{path.name}: shard present but not listed in the manifest")
         else:
             problems.append(f"{path.name}: not part of the release "
-                            "(only manifest.json and listed shards belong)")
+                            f"(only manifest.json, {INFO_NAME} when signed, and listed shards belong)")
     return problems
+
+
+def _check_info(path: Path, manifest: Manifest) -> list[str]:
+    """The signed `_info.json` (timm's split list) is there, a regular file, as signed."""
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return [f"{INFO_NAME}: not a regular file"]
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [f"{INFO_NAME}: missing (the manifest signs one)"]
+    except OSError as e:
+        return [f"{INFO_NAME}: cannot be read ({e.strerror})"]
+    return info_problems(data, manifest)

@@ -138,6 +138,8 @@ def photos() -> dict[str, np.ndarray]:
 import sys as _sys
 
 _sys.path.insert(0, str(REPO / "examples"))
+# benchmarks/research holds research code only the benchmarks use (tested here as `research.*`).
+_sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -7,7 +7,7 @@ import pytest
 from audit.attacks.inversion import (deconvolve, invert, mixing_matrix, project_consistent,
                                      train_upsampler, upsample)
 from audit.metrics import psnr, ssim
-from audit.recognize import resize_batch
+from research.recognize import resize_batch
 from conftest import load_fashion_mnist
 from encrypt.ciphers import mix, mix_float
 

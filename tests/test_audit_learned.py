@@ -10,7 +10,7 @@ import torch
 from audit.attacks.learned import (PositionAttacker, attack, hungarian_placement, public_photos,
                                    refine_placement, train_position_attacker)
 from audit.metrics import direct_accuracy, neighbour_accuracy
-from audit.recognize import resize_batch
+from research.recognize import resize_batch
 from conftest import load_fashion_mnist
 from encrypt.ciphers import shuffle, to_tokens
 from keys.derive import DatasetKey

@@ -15,7 +15,8 @@ from PIL import Image
 from skimage import data
 
 from audit.privacy import builtin_images, cases_from_release, load_images
-from encrypt.ciphers import permutation_length, unshuffle
+from shards.modes import MODES
+from encrypt.ciphers import unshuffle
 from encrypt.geometry import resize_center_crop
 from encrypt.main import encrypt_dataset
 from encrypt.sources import list_imagefolder
@@ -46,7 +47,7 @@ def release(tmp_path_factory):
     settings = job_settings(mode="shuffle", patch=PATCH, size=SIZE, resize=SIZE, channels=3, format="png")
     encrypt_dataset(list_imagefolder(src), out, keystore, "originals", settings, progress=False)
     key = keystore.dataset_key("originals")
-    n = permutation_length("shuffle", SIZE, SIZE, PATCH)
+    n = MODES["shuffle"].draws((SIZE, SIZE), PATCH)[0]
     seen = {}  # rel_path -> the exact picture the cipher encrypted
     by_key = {key.sample_id(rel): rel for rel in ("train/cat/chelsea-exif6.jpg", "train/person/astronaut.png")}
     for sample in iter_samples(out, "train"):

@@ -11,7 +11,8 @@ from PIL import Image
 
 from audit.privacy import privacy_command
 from conftest import natural_photos
-from encrypt.ciphers import permutation_length, unshuffle
+from shards.modes import MODES
+from encrypt.ciphers import unshuffle
 from releases import make_keystore, make_release, write_imagefolder
 
 PASSPHRASE = b"test keystore: correct horse battery 5c1e"
@@ -97,8 +98,8 @@ def test_images_folder_with_a_broken_file_is_one_line_and_writes_nothing(tmp_pat
     (["--mode", "shuffle", "--builtin", "--images", "x"], "exactly one of --images DIR and --builtin"),
     (["--builtin"], "say what to attack"),
     (["--mode", "shuffle", "--builtin", "--attacks", "jigsaw,psychic"], "psychic not among"),
-    (["--mode", "mix", "--builtin", "--sub-patch", "5"], "--sub-patch 5 must be smaller than and divide --patch 16"),
-    (["--mode", "shuffle", "--builtin", "--size", "100"], "--size 100 is not divisible by --patch 16"),
+    (["--mode", "mix", "--builtin", "--sub-patch", "5"], "--sub-patch: 5 must be smaller than and divide the patch 16"),
+    (["--mode", "shuffle", "--builtin", "--size", "100"], "--size: 100x100 is not divisible by the patch 16"),
     (["--shards", "nowhere", "--source", "x"], "--shards needs --keystore"),
 ])
 def test_bad_usage_is_one_line_exit_2(tmp_path, args, message):
@@ -135,7 +136,7 @@ def test_owner_release_is_attacked_and_scored_with_the_owner_key(tmp_path_factor
         scores = entry["attacks"]["jigsaw"]
         assert 0.0 <= scores["neighbour"] <= 1.0 and 0.0 <= scores["direct"] <= 1.0
         # The original is what the cipher saw: the stored image unshuffled with the owner's key.
-        perm = key.permutation(permutation_length("shuffle", 32, 32, 4), "train", entry["name"])
+        perm = key.permutation(MODES["shuffle"].draws((32, 32), 4)[0], "train", entry["name"])
         stored = png(out / entry["files"]["encrypted"])
         assert np.array_equal(png(out / entry["files"]["original"]), unshuffle(stored[..., None], perm, 4)[..., 0])
     text = (out / "privacy.json").read_text() + (out / "index.html").read_text()

@@ -90,15 +90,22 @@ def rewrite_shard(shard: Path, edit) -> None:
                          meta=json.loads(members["json"]) if "json" in members else None)
 
 
-def reissue(owner: Owner, out: Path, log: Path, **changes) -> Manifest:
+def reissue(owner: Owner, out: Path, log: Path, *, refresh_info: bool = False, **changes) -> Manifest:
     """The owner's key signs OUT as it now is and the log vouches for it, so only the content
-    checks stand between the tampering and a passing audit."""
+    checks stand between the tampering and a passing audit. `refresh_info`: also rewrite the
+    signed `_info.json` for the new counts, as the job would."""
     manifest = Manifest.load(out / "manifest.json")
     splits = {split: [ShardEntry(e.name, sha256_file(out / e.name), (out / e.name).stat().st_size,
                                  count_samples(out / e.name)) for e in entries]
               for split, entries in manifest.splits.items()}
-    new = dataclasses.replace(manifest, splits=splits, public_key=None, signature=None, **changes) \
-        .signed(owner.store.sign, owner.store.public_key)
+    new = dataclasses.replace(manifest, splits=splits, public_key=None, signature=None, **changes)
+    if refresh_info and new.info_sha256 is not None:
+        from shards.info import INFO_NAME, info_bytes, info_sha256
+
+        info = info_bytes(new)
+        (out / INFO_NAME).write_bytes(info)
+        new = dataclasses.replace(new, info_sha256=info_sha256(info))
+    new = new.signed(owner.store.sign, owner.store.public_key)
     new.save(out / "manifest.json")
     CustodyLog(log).append("used-for-job", {"dataset_id": new.dataset_id, "key_id": new.dataset_key_id,
                                             "manifest_digest": new.digest()},
@@ -231,8 +238,10 @@ def test_a_manifest_re_signed_with_an_attackers_key_is_named(owner, case):
     forged.signed(attacker.sign, attacker.public_key().public_bytes_raw()).save(out / "manifest.json")
     assert Manifest.load(out / "manifest.json").verify() is None  # valid under the key it names
     failed = failures(verify(owner, out, log))
-    assert set(failed) == {"manifest-signature", "custody-log"}
+    # the owner's signed _info.json still lists the real class order, so it no longer matches
+    assert set(failed) == {"manifest-signature", "custody-log", "shard-files"}
     assert "a key the exported identity does not list" in failed["manifest-signature"]
+    assert "_info.json: does not describe the manifest" in failed["shard-files"]
 
 
 def test_an_unreadable_manifest_fails_every_check_that_needs_it(owner, case):

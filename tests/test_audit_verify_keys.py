@@ -32,7 +32,7 @@ def test_a_sample_key_in_two_shards_is_named(owner, case):
     twin = read_samples(out / "train-000000.tar")[5]
     val = read_samples(out / "val-000001.tar")
     write_tar(out / "val-000001.tar", val + [twin])  # one training image shipped twice
-    reissue(owner, out, log)
+    reissue(owner, out, log, refresh_info=True)
     failed = failures(verify(owner, out, log))
     assert set(failed) == {"sample-contents"}
     assert f"sample {twin[0]} is in 2 shards (train-000000.tar, val-000001.tar); a sample key must be unique " \
@@ -53,7 +53,7 @@ def test_a_key_not_of_the_jobs_format_is_named(owner, case, bad):
     samples = read_samples(out / "val-000000.tar")
     samples[1] = (bad, samples[1][1])
     write_tar(out / "val-000000.tar", samples)
-    reissue(owner, out, log)
+    reissue(owner, out, log, refresh_info=True)
     failed = failures(verify(owner, out, log))
     assert set(failed) == {"sample-contents"}
     assert f"val-000000.tar: sample key {bad!r} is not an opaque id (exactly 24 lowercase hex digits" \

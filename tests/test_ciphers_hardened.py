@@ -12,10 +12,13 @@ from click.testing import CliRunner
 
 import train.models  # noqa: F401  (registers d4vit_*)
 from conftest import natural_photos
+from shards.modes import MODES
 from encrypt import ciphers
 from encrypt.cli import cli
 from encrypt.decode import decode_image
 from encrypt.geometry import resize_center_crop
+from encrypt.risk import risk_line
+from research.scramble import scramble_length, scramble_tiles, unscramble_tiles
 from keys.derive import DatasetKey
 from releases import make_keystore, make_release, write_imagefolder
 from shards.manifest import CipherSpec
@@ -23,7 +26,7 @@ from shards.reader import iter_samples
 from train.models import DihedralPatchEmbed, model_for_cipher
 from train.models.dihedral import turn_tiles
 
-RNG_SEED = 20  # test draws only; production turns come from keys (keyed_orientations)
+RNG_SEED = 20  # test draws only; production turns come from keys (DatasetKey.orientations)
 
 
 def obvious_turn(tile: np.ndarray, k: int) -> np.ndarray:
@@ -76,14 +79,14 @@ def test_orient_batch_takes_one_row_of_turns_per_image(fmnist_small):
 
 def test_scramble_moves_the_same_values_in_every_tile(photos):
     img = photos["rocket"]
-    perm = np.random.default_rng(RNG_SEED).permutation(ciphers.scramble_length(16, 3))
-    enc = ciphers.scramble_tiles(img, perm, 16)
+    perm = np.random.default_rng(RNG_SEED).permutation(scramble_length(16, 3))
+    enc = scramble_tiles(img, perm, 16)
     for plain, stored in list(zip(tiles_of(img, 16), tiles_of(enc, 16)))[::37]:
         assert np.array_equal(stored.reshape(-1), plain.reshape(-1)[perm])
         assert Counter(stored.reshape(-1).tolist()) == Counter(plain.reshape(-1).tolist())
-    assert ciphers.unscramble_tiles(enc, perm, 16).tobytes() == img.tobytes()
+    assert unscramble_tiles(enc, perm, 16).tobytes() == img.tobytes()
     with pytest.raises(ValueError, match="scramble permutation has 10 entries, a 16x16x3 tile has 768"):
-        ciphers.scramble_tiles(img, np.arange(10), 16)
+        scramble_tiles(img, np.arange(10), 16)
 
 
 def test_mix_shuffle_orient_is_mix_shuffle_then_turns_and_decrypts_to_the_mixed_image(photos):
@@ -95,23 +98,23 @@ def test_mix_shuffle_orient_is_mix_shuffle_then_turns_and_decrypts_to_the_mixed_
     assert np.array_equal(enc, ciphers.orient_tiles(ciphers.mix_shuffle(img, perm, 16, 8), turns, 8))
     back = ciphers.decrypt_image(enc, "mix-shuffle-orient", perm, 16, 8, turns)
     assert np.array_equal(back, ciphers.mix(img, 16, 8))
-    assert ciphers.stored_size("mix-shuffle-orient", 224, 224, 16, 8) == (112, 112)
-    assert ciphers.orientation_length("mix-shuffle-orient", 224, 224, 16, 8) == 196
-    assert ciphers.orientation_length("mix-shuffle", 224, 224, 16, 8) == 0
+    assert MODES["mix-shuffle-orient"].stored_size((224, 224), 16, 8) == (112, 112)
+    assert MODES["mix-shuffle-orient"].draws((224, 224), 16) == (196, 196)
+    assert MODES["mix-shuffle"].draws((224, 224), 16) == (196, 0)
     with pytest.raises(ValueError, match="needs the keyed tile orientations"):
         ciphers.encrypt_image(img, "mix-shuffle-orient", perm, 16, 8)
 
 
 def test_keyed_orientations_are_reproducible_uniform_and_per_sample():
     key = DatasetKey("turns", bytes(range(32)))
-    a = ciphers.keyed_orientations(key, 4000, "train", "sample-a")
-    assert np.array_equal(a, ciphers.keyed_orientations(key, 4000, "train", "sample-a"))
-    assert not np.array_equal(a, ciphers.keyed_orientations(key, 4000, "train", "sample-b"))
-    assert not np.array_equal(a, ciphers.keyed_orientations(key, 4000, "val", "sample-a"))
+    a = key.orientations(4000, "train", "sample-a")
+    assert np.array_equal(a, key.orientations(4000, "train", "sample-a"))
+    assert not np.array_equal(a, key.orientations(4000, "train", "sample-b"))
+    assert not np.array_equal(a, key.orientations(4000, "val", "sample-a"))
     counts = np.bincount(a, minlength=8)
     assert counts.min() > 400 and counts.max() < 600  # 500 expected each
     other = DatasetKey("turns", bytes(range(1, 33)))
-    assert np.mean(a == ciphers.keyed_orientations(other, 4000, "train", "sample-a")) < 0.2
+    assert np.mean(a == other.orientations(4000, "train", "sample-a")) < 0.2
 
 
 def test_mix_shuffle_orient_release_through_the_real_job(tmp_path, keystore):
@@ -129,7 +132,7 @@ def test_mix_shuffle_orient_release_through_the_real_job(tmp_path, keystore):
     for sample in samples:
         plain = resize_center_crop(decode_image(by_key[sample.key], 1), 32, 32)
         perm = key.permutation(64, "train", sample.key)
-        turns = ciphers.keyed_orientations(key, 64, "train", sample.key)
+        turns = key.orientations(64, "train", sample.key)
         expected = ciphers.encrypt_image(plain, "mix-shuffle-orient", perm, 4, 2, turns)
         assert np.array_equal(sample.image, expected)
         assert np.array_equal(ciphers.decrypt_image(sample.image, "mix-shuffle-orient", perm, 4, 2, turns),
@@ -207,8 +210,8 @@ def test_cli_offers_the_mode_and_refuses_it_for_detection(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("mode, figure", [("mix-shuffle-orient", "0.54 of plain top-1"),
-                                          ("mix-shuffle", "re-identifies 32%")])
+@pytest.mark.parametrize("mode, figure", [("mix-shuffle-orient", "of plain top-1"),
+                                          ("mix-shuffle", "re-identifies")])
 def test_every_run_prints_its_mode_s_measured_risk(tmp_path, keystore, mode, figure):
     root = tmp_path / "src"
     write_imagefolder(root, {"train": 4})
@@ -218,7 +221,37 @@ def test_every_run_prints_its_mode_s_measured_risk(tmp_path, keystore, mode, fig
                                 env={"PATCHVEIL_PASSPHRASE": "test keystore: correct horse battery 5c1e"})
     assert result.exit_code == 0, result.output
     warning = [line for line in result.stderr.splitlines() if line.startswith(f"warning: mode {mode}:")]
-    assert len(warning) == 1 and figure in warning[0] and "docs/privacy.md" in warning[0]
+    # The line is the results file's figures (encrypt/risk.py; tests/test_measured_risk.py checks them).
+    assert len(warning) == 1 and risk_line(mode) in warning[0] and figure in warning[0], warning
+    assert "docs/privacy.md" in warning[0]
     # A refused run says only its error, no risk line.
     again = CliRunner().invoke(cli, args, env={"PATCHVEIL_PASSPHRASE": "test keystore: correct horse battery 5c1e"})
     assert again.exit_code == 2 and len(again.stderr.splitlines()) == 1, again.stderr
+
+
+def test_one_d4_group_numpy_and_torch_agree():
+    """The group is defined once in numpy (encrypt.ciphers.turn). Two torch users follow it:
+    train's D4 embedding has its own `turn_tiles` (train may not import encrypt; the model
+    turns whole batches on the GPU), the audit's turned attacker gathers with the numpy
+    relabellings. All three must number the 8 elements alike."""
+    from audit.attacks.oriented import _turn_batch
+
+    rng = np.random.default_rng(RNG_SEED)
+    tiles = rng.integers(0, 256, (2, 6, 5, 5, 3), dtype=np.uint8)          # B×N×t×t×C
+    turns = rng.integers(0, ciphers.DIHEDRAL, (2, 6))
+    want = np.stack([np.stack([ciphers.turn(tiles[b, n][None], int(turns[b, n]))[0] for n in range(6)])
+                     for b in range(2)])
+    got = _turn_batch(torch.from_numpy(tiles).permute(0, 1, 4, 2, 3), torch.from_numpy(turns))
+    assert torch.equal(got.permute(0, 1, 3, 4, 2), torch.from_numpy(want))
+    image = rng.integers(0, 256, (10, 15, 3), dtype=np.uint8)
+    for k in range(ciphers.DIHEDRAL):
+        as_torch = torch.from_numpy(image).permute(2, 0, 1)[None]
+        assert torch.equal(turn_tiles(as_torch, 5, k)[0].permute(1, 2, 0),
+                           torch.from_numpy(ciphers.orient_tiles(image, np.full(6, k), 5)))
+    # compose is the group's product: turning by b then a equals turning by compose(a, b).
+    x = tiles[0, 0]
+    for a in range(8):
+        for b in range(8):
+            assert np.array_equal(ciphers.turn(ciphers.turn(x[None], b), a)[0],
+                                  ciphers.turn(x[None], int(ciphers.compose(a, b)))[0])
+        assert ciphers.compose(a, ciphers.dihedral_inverse(a)) == 0

@@ -233,7 +233,7 @@ def test_resume_removes_only_its_own_temp_files_and_finishes(interrupted, keysto
     summary = encrypt_dataset(list_imagefolder(root), out, keystore, "fm-resume", job_settings(),
                               resume=True, progress=False)
     assert summary.resumed_shards == 3 and summary.images_written == 48  # train-000001 redone
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train-000000.tar", "train-000001.tar",
+    assert sorted(p.name for p in out.iterdir()) == ["_info.json", "manifest.json", "train-000000.tar", "train-000001.tar",
                                                      "train-000002.tar", "val-000000.tar"]
     assert verify_shards(out, load_manifest(out, public_key=keystore.public_key)) == []
 

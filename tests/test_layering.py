@@ -16,7 +16,7 @@ ALLOWED = {
     "shards": {"numpy", "PIL", "webdataset", "cryptography", "click", "tqdm"},
     "encrypt": {"keys", "shards", "numpy", "PIL", "ray", "click", "tqdm"},
     "train": {"shards", "torch", "timm", "webdataset", "numpy", "PIL", "scipy", "pycocotools",
-              "click", "tqdm", "torchvision"},
+              "click", "tqdm", "torchvision", "safetensors", "huggingface_hub"},  # the last two: timm's own
     # The learned attacks are models: torch and timm are the auditor's tools too.
     "audit": {"keys", "shards", "encrypt", "numpy", "PIL", "scipy", "skimage", "click", "tqdm",
               "torch", "timm"},

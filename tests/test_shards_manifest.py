@@ -81,7 +81,7 @@ def test_saved_manifest_holds_every_field_the_design_lists_and_loads_back_equal(
     path = tmp_path / "manifest.json"
     signed.save(path)
     on_disk = json.loads(path.read_text())
-    assert on_disk["format_version"] == FORMAT_VERSION == 1
+    assert on_disk["format_version"] == FORMAT_VERSION == 2  # 2: optional info_sha256
     assert on_disk["cipher"] == {"mode": "none", "patch": 4, "sub_patch": None, "image_size": [28, 28],
                                  "stored_size": [28, 28], "format": "png", "quality": None, "channels": 1}
     first = on_disk["splits"]["train"][0]

@@ -331,7 +331,7 @@ def test_tiny_detector_overfits_a_handful_of_canvases(handful, releases, tmp_pat
     assert summary["step"] == 100
 
     run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl", "last.pt", "best.pt"}
+    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl", "metrics.csv", "tb", "last.pt", "best.pt"}
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in lines if r["event"] == "epoch"]
     assert len(epochs) == 100 and lines[0]["event"] == "config"

@@ -70,7 +70,8 @@ def test_a_short_run_learns_held_out_fashion_mnist(ce_run):
     settings = json.loads((run / "config.json").read_text())
     assert settings["model"]["name"] == "pevit_tiny_patch4_32"
     assert settings["model"]["kwargs"]["in_chans"] == 1 and settings["release"]["encrypted"] is True
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.csv",
+                                                     "metrics.jsonl", "tb"]
 
 
 def test_checkpoints_hold_what_resume_and_evaluation_need(ce_run):

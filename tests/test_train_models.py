@@ -214,8 +214,8 @@ def test_model_for_cipher_on_224px_geometry() -> None:
 @pytest.mark.parametrize(("change", "message"), [
     (dict(mode="rot13"), "cipher mode 'rot13' is not one of"),
     (dict(mode="mix", stored_size=20), "stored_size 20 does not match"),
-    (dict(mode="mix", sub_patch=3), "sub_patch 3 does not divide patch 4"),
-    (dict(mode="shuffle", image_size=30), r"image_size \(30, 30\) is not a multiple of patch 4"),
+    (dict(mode="mix", sub_patch=3), "cipher sub_patch: 3 must be smaller than and divide the patch 4"),
+    (dict(mode="shuffle", image_size=30), "cipher image_size: 30x30 is not divisible by the patch 4"),
 ])
 def test_model_for_cipher_rejects_inconsistent_ciphers(change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -69,7 +69,8 @@ def release_record(manifest: Manifest) -> dict[str, Any]:
     """What a checkpoint remembers about the release it was trained on."""
     return {"cipher": manifest.cipher.to_dict(), "num_classes": manifest.num_classes,
             "dataset_id": manifest.dataset_id, "key_id": manifest.dataset_key_id,
-            "manifest_digest": manifest.digest(), "encrypted": manifest.cipher.encrypted}
+            "manifest_digest": manifest.digest(), "encrypted": manifest.cipher.encrypted,
+            "class_names": manifest.class_names}
 
 
 def _describe(cipher: dict[str, Any]) -> str:

@@ -65,7 +65,7 @@ def _option(f: dataclasses.Field) -> Any:
     elif isinstance(f.default, bool):
         kwargs.update(is_flag=True, default=f.default)
     else:
-        choice = click.Choice(meta["choices"]) if meta["choices"] else type(f.default)
+        choice = click.Choice(meta["choices"]) if meta["choices"] else str if f.default is None else type(f.default)
         kwargs.update(type=choice, default=f.default, show_default=True)
     return click.option(option_name(f), f.name, **kwargs)
 
@@ -207,6 +207,53 @@ def evaluate(shards: Path, checkpoint: Path, split: str, batch_size: int | None,
                                  verify_digests=verify_digests, task=task)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(json.dumps(result, sort_keys=True))
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), metavar="RUN/best.pt",
+              help="A checkpoint written by classify.")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--encrypted", is_flag=True,
+              help="The images are already encrypted by the data owner (the stored form); else plain "
+                   "images, given the keyless part of the cipher here.")
+def predict(checkpoint: Path, images: tuple[Path, ...], top_k: int, encrypted: bool) -> None:
+    """Classify new images: one JSON line per image with its top-k classes and their names.
+
+    Plain images work for every mode with the model `--model auto` picks (mix is applied here,
+    without a key; shuffled models ignore tile order, D4-ViT also tile turns); a model that
+    sees what the key decides is refused (see docs/ml-engineer.md).
+
+    \b
+    Example:
+      train-encrypted predict --checkpoint runs/pevit/best.pt photo1.png photo2.jpg
+    """
+    from train.predict import Predictor
+
+    _setup_logging()
+    predictor = Predictor(checkpoint, encrypted=encrypted)
+    for record in predictor.predict(list(images), top_k=top_k):
+        click.echo(json.dumps(record, sort_keys=True))
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), metavar="RUN/best.pt",
+              help="A checkpoint written by classify or detect.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), metavar="MODEL.safetensors",
+              help="A .safetensors or .pth file; MODEL.json beside it says how to load it.")
+def export(checkpoint: Path, output: Path) -> None:
+    """Write a plain timm checkpoint of the model (weights only) and how to load it.
+
+    \b
+    Example:
+      train-encrypted export --checkpoint runs/pevit/best.pt -o pevit.safetensors
+      python -c "import train.models, timm; timm.create_model('pevit_tiny_patch4_32', pretrained=True,
+                 pretrained_cfg_overlay=dict(file='pevit.safetensors', num_classes=10), in_chans=1)"
+    """
+    from train.predict import export_checkpoint
+
+    description = export_checkpoint(checkpoint, output)
+    click.echo(json.dumps({"file": str(output), "load": description["load"]}))
 
 
 def main() -> None:

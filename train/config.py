@@ -65,7 +65,10 @@ class RunConfig:
     model_kwargs: dict[str, Any] = setting(
         factory=dict, option="--model-arg", metavar="KEY=VALUE",
         help="Extra timm.create_model keyword, repeatable: --model-arg depth=6 --model-arg drop_path_rate=0.1.")
-    epochs: int = setting(10, at_least=1)
+    init_from: str | None = setting(None, "Start from these weights: a timm .safetensors/.pth file, timm:NAME "
+                                          "(local Hugging Face cache only) or a run's best.pt; converted to the "
+                                          "cipher's model (see docs).", metavar="WEIGHTS", nullable=True)
+    epochs: int = setting(10, "A resumed run may raise it: the cosine is stretched to the new end.", at_least=1)
     batch_size: int = setting(128, "Per process.", at_least=1)
     lr: float = setting(5e-4, "Peak AdamW learning rate.", above=0)
     weight_decay: float = setting(0.05, at_least=0)
@@ -144,7 +147,7 @@ class DetectionConfig(RunConfig):
     shards: str = setting(help="Detection release (encrypt-dataset coco ... --mode mix).", metavar="OUT",
                           path=True, resumable=True)
     model: str = setting("auto", "auto, a size (nano, tiny, small, base) or a registered yolos_* name.")
-    epochs: int = setting(50, at_least=1)
+    epochs: int = setting(50, "A resumed run may raise it: the cosine is stretched to the new end.", at_least=1)
     batch_size: int = setting(16, "Per process.", at_least=1)
     lr: float = setting(2.5e-4, "Peak AdamW learning rate.", above=0)
     weight_decay: float = setting(1e-4, at_least=0)

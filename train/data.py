@@ -350,7 +350,7 @@ class BatchTransform:
         self.std = torch.tensor(channel_stats(std, cipher.channels), device=self.device).view(1, -1, 1, 1)
         self.augment = augment
         self._aug = aug
-        self.per_tile_flip = "shuffle" in cipher.mode  # tiles moved: flip each in place
+        self.per_tile_flip = cipher.facts.shuffles  # tiles moved: flip each in place
         self.jitter = None
         self.mixer = None
         if augment is not None and augment.color_jitter > 0:

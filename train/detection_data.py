@@ -89,7 +89,7 @@ def open_detection_release(root: str | os.PathLike, splits: Sequence[str] = ("tr
     release = open_release(root, splits, public_key=public_key, verify_digests=verify_digests,
                            task="detection")
     where = release.root / "manifest.json"
-    if release.cipher.mode not in ("mix", "none"):
+    if not release.cipher.facts.keeps_positions:
         raise ManifestError(f"{where}: cipher {release.cipher.mode} moves patches, so boxes "
                             "cannot be learned; detection reads mix or none releases")
     try:

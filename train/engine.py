@@ -76,6 +76,8 @@ __all__ = [
 log = logging.getLogger("train")
 
 LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.json"
+CSV, TB = "metrics.csv", "tb"
+SCALAR_EVENTS = ("train", "epoch")
 
 
 class RunError(TrainError):
@@ -138,10 +140,14 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, batches: Iterable, t
             "batches": batches_done, "step": step}
 
 
-def lr_schedule(optimizer: torch.optim.Optimizer, config: RunConfig, steps_per_epoch: int) -> Any:
+def lr_schedule(optimizer: torch.optim.Optimizer, config: RunConfig, steps_per_epoch: int,
+                warmup: int | None = None) -> Any:
     """The one LR rule: linear warm-up to lr, then a cosine to min_lr ending with the last epoch,
-    updated every step (timm's factory; the warm-up is a prefix, not part of the cosine)."""
-    warmup = min(config.warmup_epochs, config.epochs - 1)
+    updated every step (timm's factory; the warm-up is a prefix, not part of the cosine).
+
+    `warmup`: the warm-up epochs a run started with (an extended run keeps them; default
+    min(warmup_epochs, epochs - 1))."""
+    warmup = min(config.warmup_epochs, config.epochs - 1) if warmup is None else warmup
     scheduler, _ = create_scheduler_v2(
         optimizer, sched="cosine", num_epochs=config.epochs - warmup, warmup_epochs=warmup,
         warmup_prefix=True, warmup_lr=min(1e-6, config.lr), min_lr=config.min_lr,
@@ -152,16 +158,66 @@ def lr_schedule(optimizer: torch.optim.Optimizer, config: RunConfig, steps_per_e
 # -- the run folder ------------------------------------------------------------------------------
 
 class MetricsLog:
-    """`metrics.jsonl`: appended a line at a time; on resume, cut back to the checkpoint's step."""
+    """`metrics.jsonl`: appended a line at a time; on resume, cut back to the checkpoint's step.
+
+    The same numbers go to `metrics.csv` (one row per `train` / `epoch` line, a column per
+    scalar, rewritten from the JSONL so a resume's cut shows there too) and to TensorBoard
+    event files under `tb/` (tags `train/<key>`, `epoch/<key>` at the line's step; a resume
+    opens its writer with `purge_step` so TensorBoard drops what a killed run logged after
+    its checkpoint). Rank 0 only.
+    """
 
     def __init__(self, path: Path, enabled: bool) -> None:
         self.path, self.enabled = path, enabled
+        self.csv, self.tb_dir = path.with_name(CSV), path.with_name(TB)
+        self.purge_step: int | None = None
+        self._writer: Any = None
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, sort_keys=True, allow_nan=True) + "\n")
+        if record.get("event") in SCALAR_EVENTS:
+            self._tensorboard(record)
+            self.write_csv()
+
+    def _tensorboard(self, record: dict[str, Any]) -> None:
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is in the train extra; a bare torch has none
+                log.warning("tensorboard is not installed: no %s/ event files (pip install tensorboard)", TB)
+                self._writer = False
+                return
+            self._writer = SummaryWriter(str(self.tb_dir), purge_step=self.purge_step)
+        if self._writer is False:
+            return
+        for key, value in scalars(record).items():
+            self._writer.add_scalar(f"{record['event']}/{key}", value, global_step=record["step"])
+        if record["event"] == "epoch":
+            self._writer.flush()
+
+    def write_csv(self) -> None:
+        """metrics.csv from metrics.jsonl: event, epoch, step, then every scalar key (sorted)."""
+        import csv
+        import io
+
+        rows = [r for r in read_jsonl(self.path) if r.get("event") in SCALAR_EVENTS]
+        keys = sorted({k for r in rows for k in scalars(r)})
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["event", "epoch", "step", *keys])
+        for r in rows:
+            values = scalars(r)
+            writer.writerow([r["event"], r.get("epoch", ""), r["step"],
+                             *(repr(values[k]) if k in values else "" for k in keys)])
+        atomic_write_bytes(self.csv, buffer.getvalue().encode("utf-8"))
+
+    def close(self) -> None:
+        if self._writer:
+            self._writer.close()
+        self._writer = None
 
     def cut_after(self, step: int) -> None:
         """Drop lines a killed run wrote after its last checkpoint (atomic rewrite)."""
@@ -176,6 +232,25 @@ class MetricsLog:
             if record.get("step", 0) <= step:
                 kept.append(line)
         atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
+        self.write_csv()
+        self.purge_step = step + 1
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl (a line cut short by a kill is left out)."""
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def scalars(record: dict[str, Any]) -> dict[str, float]:
+    """A metrics line's numbers, as CSV columns and TensorBoard tags (not its event, epoch, step)."""
+    return {k: float(v) for k, v in record.items() if k not in ("event", "epoch", "step")
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def check_run_folder(out: Path, resume: bool) -> None:
@@ -199,7 +274,13 @@ def check_resume(task: Task, config: RunConfig, state: dict[str, Any], release: 
     if kind != task.name:
         raise RunError(f"{path}: a {kind} checkpoint, not a {task.name} run")
     saved = type(config).from_dict(state["config"])
+    begun = state["epoch"] + (1 if state["batch_in_epoch"] else 0)
+    if config.epochs < begun:
+        raise RunError(f"{path}: epochs {config.epochs} is fewer than the {begun} this run has begun; "
+                       "a resumed run can be extended, not cut short")
     for f in dataclasses.fields(config):
+        if f.name == "epochs":
+            continue
         if f.name not in config.resumable() and getattr(saved, f.name) != getattr(config, f.name):
             raise RunError(f"{path}: {f.name} was {getattr(saved, f.name)!r}, now "
                            f"{getattr(config, f.name)!r}; a resumed run keeps its settings")
@@ -229,11 +310,15 @@ class Run:
     One method per job: `start` or `restore`, `run_epoch`, `save` last.pt / best.pt, `fit`.
     """
 
-    def __init__(self, task: Task, config: RunConfig, release: Any, runtime: Runtime) -> None:
+    def __init__(self, task: Task, config: RunConfig, release: Any, runtime: Runtime, *,
+                 resume: bool = False) -> None:
         self.task, self.config, self.release, self.runtime = task, config, release, runtime
         self.out = Path(config.out)
         torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
         self.name, self.kwargs, self.model, self.criterion = task.build(config, release)
+        self.init_report: Any = None
+        if config.init_from:
+            self._init_from(load=not resume)
         self.mean, self.std = model_normalisation(self.model)
         self.model.to(runtime.device)
         self.criterion.to(runtime.device)
@@ -247,12 +332,29 @@ class Run:
         self.augment, self.plain = task.transforms(config, release, self.mean, self.std, runtime.device)
         self.optimizer = create_optimizer_v2(self.model, opt="adamw", lr=config.lr,
                                              weight_decay=config.weight_decay)
-        self.scheduler = lr_schedule(self.optimizer, config, self.steps_per_epoch)
+        self.warmup = min(config.warmup_epochs, config.epochs - 1)  # kept when a resume extends the run
+        self.scheduler = lr_schedule(self.optimizer, config, self.steps_per_epoch, self.warmup)
         self.metrics = MetricsLog(self.out / METRICS, runtime.main)
         self.epoch = self.batch_in_epoch = self.step = 0
         self.best: float | None = None
         self.last_val: dict[str, Any] | None = None
         self.rng_states: list[dict] | None = None  # for a resume inside an epoch
+
+    def _init_from(self, load: bool) -> None:
+        """Start from `config.init_from` (train.initialise); an MI or D4 embedding is built 2·D
+        wide inside, so the plain linear embedding passes its GELU exactly. On resume only the
+        architecture is rebuilt: the weights come from last.pt."""
+        from train.initialise import hidden_kwarg, init_from
+
+        target = getattr(self.model, "backbone", self.model)
+        key = hidden_kwarg(target)
+        if key and key not in self.config.model_kwargs and \
+                target.patch_embed.proj.out_channels != 2 * target.embed_dim:
+            self.kwargs = {**self.kwargs, key: 2 * target.embed_dim}
+            torch.manual_seed(self.config.seed)
+            self.model = create_model(self.name, self.kwargs)
+        if load:
+            self.init_report = init_from(self.model, self.config.init_from, self.release.cipher)
 
     def _loader(self, split: str, train: bool) -> Any:
         config, runtime = self.config, self.runtime
@@ -278,6 +380,9 @@ class Run:
             settings = self.settings()
             atomic_write_bytes(self.out / CONFIG, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
             self.metrics.write({"event": "config", "step": 0, **settings})
+            if self.init_report is not None:
+                log.info("%s", self.init_report.summary())
+                self.metrics.write({"event": "init", "step": 0, **self.init_report.to_dict()})
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from last.pt: weights, criterion, optimizer, scheduler, position, RNG states."""
@@ -286,7 +391,11 @@ class Run:
             if "criterion" in state:  # detection checkpoints before the one engine had none
                 self.criterion.load_state_dict(state["criterion"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            was = state["config"]["epochs"]
+            self.warmup = state.get("warmup", min(state["config"]["warmup_epochs"], was - 1))
+            self.scheduler = lr_schedule(self.optimizer, self.config, self.steps_per_epoch, self.warmup)
+            if was == self.config.epochs:
+                self.scheduler.load_state_dict(state["scheduler"])
             self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
             self.best, self.last_val, self.rng_states = state[self.task.best_key], state["val"], state["rng"]
         self.scheduler.step_update(num_updates=self.step)
@@ -294,6 +403,15 @@ class Run:
         if self.runtime.main:
             for stale in self.out.glob(".*.pt.*.tmp"):  # a checkpoint write cut short by a kill
                 stale.unlink()
+        if was != self.config.epochs:
+            log.info("extending %s from %d to %d epochs: the cosine now ends with epoch %d", self.out, was,
+                     self.config.epochs, self.config.epochs)
+            self.metrics.write({"event": "extend", "step": self.step, "epochs_was": was,
+                                "epochs": self.config.epochs})
+            if self.runtime.main:
+                settings = self.settings()
+                atomic_write_bytes(self.out / CONFIG,
+                                   (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
         log.info("resuming %s at epoch %d, step %d", self.out / LAST, self.epoch + 1, self.step)
 
     def snapshot(self, full: bool = True) -> dict[str, Any]:
@@ -304,7 +422,7 @@ class Run:
                 "normalize": {"mean": self.mean, "std": self.std}, "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "step": self.step,
                 "steps_per_epoch": self.steps_per_epoch, "world_size": self.runtime.world_size,
-                self.task.best_key: self.best, "val": self.last_val}
+                self.task.best_key: self.best, "val": self.last_val, "warmup": self.warmup}
         if full:
             snap.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                         rng=self.runtime.gather(capture_rng()))
@@ -396,6 +514,7 @@ class Run:
             record = self.run_epoch()
             shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items() if k != "event"}
             log.info("epoch %d/%d %s", record["epoch"], self.config.epochs, json.dumps(shown))
+        self.metrics.close()
         return {"out": str(self.out), "epochs": self.config.epochs, "step": self.step,
                 self.task.best_key: self.best, "val": self.last_val,
                 "seconds": round(time.perf_counter() - started, 3), "world_size": self.runtime.world_size}
@@ -434,7 +553,7 @@ def train(config: RunConfig, *, resume: bool = False, device: str | None = None,
     state = load_checkpoint(out / LAST) if resume else None
     if state is not None:
         check_resume(task, config, state, release, runtime.world_size, out / LAST)
-    run = Run(task, config, release, runtime)
+    run = Run(task, config, release, runtime, resume=state is not None)
     setup_cpu_threads(runtime.device, run.train_loader.workers, requested=threads, log=log)
     if state is not None:
         run.restore(state)

@@ -29,6 +29,10 @@ from torch import nn
 from audit.attacks.learned import public_set, random_windows
 from encrypt.ciphers import mix_float
 
+# Where the inversion is the whole attack (audit.privacy chooses from these); on the other
+# mixing modes it finishes every placement attack instead.
+APPLIES_TO = ("mix",)
+
 # λ of the gradient penalty, in units where A has rows summing to 1. Small: the rounded
 # stored image is trusted to ±0.5 grey levels, the prior only picks among consistent images.
 DEFAULT_SMOOTHNESS = 0.002

@@ -24,6 +24,10 @@ import numpy as np
 
 from encrypt.ciphers import from_tokens, to_tokens
 
+# The modes this solver attacks (audit.privacy chooses attacks from these declarations):
+# tiles that moved but kept their orientation.
+APPLIES_TO = ("shuffle", "mix-shuffle")
+
 # (row step, column step) of the second tile of a pair: 0 = right of, 1 = below.
 _STEPS = ((0, 1), (1, 0))
 # RGB → Y, Cb, Cr (ITU-R BT.601, as JPEG uses); offsets do not matter for gradients.

@@ -28,6 +28,10 @@ from audit.attacks.jigsaw import (has_subsampled_chroma, pair_confidence, pairwi
                                   solve_jigsaw)
 from encrypt.ciphers import to_tokens
 
+# The modes the position attacker is trained for (audit.privacy chooses from these):
+# tiles that moved but kept their orientation.
+APPLIES_TO = ("shuffle", "mix-shuffle")
+
 # skimage sample photos an attacker may train on: none of them is a victim of the audit's
 # builtin photo set (astronaut, coffee, chelsea/cat, rocket, immunohistochemistry).
 PUBLIC_PHOTOS = ("hubble_deep_field", "retina", "colorwheel", "stereo_motorcycle", "camera",

@@ -38,52 +38,24 @@ from torch import nn
 from audit.attacks.jigsaw import fill_empty_cells, pair_confidence
 from audit.attacks.learned import (PositionAttacker, fit_attacker, hungarian_placement, mix_windows,
                                    public_set, random_windows)
-from encrypt.ciphers import DIHEDRAL, _turn, from_tokens, to_tokens
+from encrypt.ciphers import (DIHEDRAL, compose, dihedral_matrices, dihedral_relabellings, from_tokens, to_tokens,
+                             turn)
+
+# The modes these attacks are for (audit.privacy chooses from these): tiles moved and turned.
+APPLIES_TO = ("mix-shuffle-orient",)
 
 __all__ = ["TurnedAttacker", "compose", "draw", "oriented_neighbour_accuracy", "reconstruct_oriented",
            "solve_oriented", "train_turned_attacker", "turned_attack", "upright_picture"]
 
 
-@lru_cache(maxsize=1)
-def _matrices() -> np.ndarray:
-    """(8, 2, 2) integer matrices: how D4 element k moves a (row, col) offset on the grid.
-
-    Read off `encrypt.ciphers._turn` itself, so grid moves and tile turns always agree.
-    """
-    grid = np.arange(9).reshape(1, 3, 3, 1)
-    out = np.zeros((DIHEDRAL, 2, 2), dtype=np.int64)
-    for k in range(DIHEDRAL):
-        turned = _turn(grid, k)[0, ..., 0]
-        for axis, source in ((0, 7), (1, 5)):  # the cell below and the cell right of the centre
-            r, c = np.argwhere(turned == source)[0]
-            out[k, :, axis] = (r - 1, c - 1)
-    return out
-
-
-@lru_cache(maxsize=1)
-def _table() -> np.ndarray:
-    """compose[a, b]: the element that turns by b, then by a."""
-    mats = _matrices()
-    table = np.zeros((DIHEDRAL, DIHEDRAL), dtype=np.int64)
-    for a in range(DIHEDRAL):
-        for b in range(DIHEDRAL):
-            product = mats[a] @ mats[b]
-            table[a, b] = next(k for k in range(DIHEDRAL) if np.array_equal(mats[k], product))
-    return table
-
-
-def compose(a, b):
-    """D4 product: turning by b, then by a, equals turning by compose(a, b) (arrays allowed)."""
-    return _table()[a, b]
-
-
 def _inverse(k):
-    return np.argmax(_table()[k] == 0, axis=-1) if np.ndim(k) else int(np.argmax(_table()[k] == 0))
+    table = compose(np.arange(DIHEDRAL)[:, None], np.arange(DIHEDRAL)[None, :])
+    return np.argmax(table[k] == 0, axis=-1) if np.ndim(k) else int(np.argmax(table[k] == 0))
 
 
 def _quarter_to_right() -> int:
     """The element that moves the offset "below" (1, 0) to "right" (0, 1)."""
-    mats = _matrices()
+    mats = dihedral_matrices()
     return next(k for k in range(DIHEDRAL) if tuple(mats[k] @ np.array([1, 0])) == (0, 1))
 
 
@@ -137,7 +109,7 @@ def oriented_dissimilarity(tiles: np.ndarray) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., None]
     n = x.shape[0]
-    virtual = np.stack([_turn(x, k) for k in range(DIHEDRAL)], axis=1).reshape(n * DIHEDRAL, *x.shape[1:])
+    virtual = np.stack([turn(x, k) for k in range(DIHEDRAL)], axis=1).reshape(n * DIHEDRAL, *x.shape[1:])
     right = _right_scores(virtual)
     # v below u  ⇔  after turning the picture by q, turned v is right of turned u.
     q = _quarter_to_right()
@@ -163,10 +135,10 @@ class _Clusters:
         self.members = {i: [i] for i in range(n)}
         self.occupied = {i: {(0, 0)} for i in range(n)}
         self.box = {i: (0, 0, 0, 0) for i in range(n)}  # row min, row max, col min, col max
-        table = _table()
+        table = compose(np.arange(DIHEDRAL)[:, None], np.arange(DIHEDRAL)[None, :])
         self.compose = table.tolist()
         self.inverse = [int(np.argmax(table[k] == 0)) for k in range(DIHEDRAL)]
-        self.mats = [tuple(map(tuple, m)) for m in _matrices().tolist()]
+        self.mats = [tuple(map(tuple, m)) for m in dihedral_matrices().tolist()]
 
     def _move(self, k: int, dr: int, dc: int) -> tuple[int, int]:
         (a, b), (c, d) = self.mats[k]
@@ -287,7 +259,7 @@ def draw(stored: np.ndarray, placement: np.ndarray, turns: np.ndarray, tile: int
     x = img[..., None] if img.ndim == 2 else img
     rows, cols = x.shape[0] // tile, x.shape[1] // tile
     tokens = to_tokens(x, tile)[placement]
-    out = np.stack([_turn(tokens[p][None], int(turns[p]))[0] for p in range(len(placement))])
+    out = np.stack([turn(tokens[p][None], int(turns[p]))[0] for p in range(len(placement))])
     out = from_tokens(out, rows, cols)
     return out[..., 0] if img.ndim == 2 else out
 
@@ -300,7 +272,7 @@ def upright_picture(picture: np.ndarray, original: np.ndarray) -> np.ndarray:
     x = np.asarray(picture)
     squeeze = x.ndim == 2
     x = x[None, ..., None] if squeeze else x[None]
-    candidates = [_turn(x, k)[0] for k in range(DIHEDRAL)]
+    candidates = [turn(x, k)[0] for k in range(DIHEDRAL)]
     target = np.asarray(original, dtype=np.float64).reshape(candidates[0].shape)
     best = min(candidates, key=lambda c: float(((c.astype(np.float64) - target) ** 2).mean()))
     return best[..., 0] if squeeze else best
@@ -334,8 +306,8 @@ def oriented_neighbour_accuracy(placement: np.ndarray, turns: np.ndarray, perm: 
         return 1.0
     best = 0.0
     for g in range(DIHEDRAL):
-        o = _turn(origin[None, ..., None], g)[0, ..., 0]
-        t = compose(g, _turn(net[None, ..., None], g)[0, ..., 0])
+        o = turn(origin[None, ..., None], g)[0, ..., 0]
+        t = compose(g, turn(net[None, ..., None], g)[0, ..., 0])
         up = t == 0
         right = (o[:, 1:] == o[:, :-1] + 1) & (o[:, :-1] % side != side - 1) & up[:, 1:] & up[:, :-1]
         below = (o[1:, :] == o[:-1, :] + side) & up[1:, :] & up[:-1, :]
@@ -359,16 +331,14 @@ class TurnedAttacker(PositionAttacker):
 
 
 def _turn_batch(tokens: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    """Turn tokens B×N×C×t×t one by one (turns B×N), numbered as `encrypt.ciphers._turn`."""
-    out = tokens.clone()
-    for k in range(DIHEDRAL):
-        chosen = turns == k
-        if chosen.any():
-            t = tokens[chosen]
-            if k >= 4:
-                t = t.flip(-1)
-            out[chosen] = torch.rot90(t, k % 4, dims=(-2, -1))
-    return out
+    """Turn tokens B×N×C×t×t one by one (turns B×N) with the cipher's own turns.
+
+    A gather by `encrypt.ciphers.dihedral_relabellings`, so the group stays defined once.
+    """
+    tables = torch.as_tensor(np.stack(dihedral_relabellings(tokens.shape[-1])), device=tokens.device)
+    flat = tokens.flatten(-2)
+    index = tables[turns][:, :, None, :].expand_as(flat)
+    return torch.take_along_dim(flat, index, dim=-1).reshape(tokens.shape)
 
 
 def train_turned_attacker(public_images: np.ndarray | Sequence[np.ndarray], tile: int, side: int,

@@ -14,7 +14,9 @@ import timm
 from train.models import dihedral, mivit, pevit, rpe  # noqa: F401  (registers the models with timm)
 from train.models.dihedral import DihedralPatchEmbed
 from train.models.mivit import MixedPatchEmbed
+from train.models.registry import declare_family, family_for, served_modes
 from train.models.rpe import ReferencePositionalEncoding, RPEPatchEmbed
+from shards.modes import GeometryError, mode_of
 
 __all__ = [
     "DihedralPatchEmbed",
@@ -26,8 +28,8 @@ __all__ = [
 ]
 
 SIZES = ("tiny", "small", "base")
-_FAMILY = {"none": "vit", "shuffle": "pevit", "mix": "mivit", "mix-shuffle": "pevit",
-           "mix-shuffle-orient": "d4vit"}
+# The plain baseline reads timm's own ViT; the other families declare their modes beside them.
+declare_family("vit", "classification", ("none",))
 
 
 def _side(value: int | Sequence[int], field: str) -> tuple[int, int]:
@@ -52,39 +54,36 @@ def model_for_cipher(cipher: Mapping[str, Any], num_classes: int,
     """Return ``(timm name, create_model kwargs)`` for the model that fits a cipher.
 
     ``cipher`` is a manifest's cipher dict (mode, patch, sub_patch, image_size, stored_size,
-    channels). The kwargs always spell out the geometry, so the name only fixes the width:
-    ``none`` → plain timm ViT (baseline), ``shuffle`` → PEViT with tile p on the full image,
-    ``mix`` → MI-ViT (patch p, sub-patch s, plain size), ``mix-shuffle`` → PEViT with tile s
-    on the stored mixed image, ``mix-shuffle-orient`` → D4-ViT (PEViT with a patch embedding
-    invariant to each tile's turn) with tile s on the stored mixed image.
+    channels). The family is the one that declares the mode (`declare_family`: plain ViT for
+    ``none``, PEViT, MI-ViT, D4-ViT); the geometry is checked by the mode table's own rule
+    (shards.modes) and always spelled out in the kwargs, so the name only fixes the width:
+    MI-ViT takes patch p, sub-patch s and the plain size, the others their token tile on the
+    stored image.
     """
     mode = cipher.get("mode")
-    if mode not in _FAMILY:
-        raise ValueError(f"cipher mode {mode!r} is not one of {sorted(_FAMILY)}")
+    family = family_for("classification", mode)
+    if family is None:
+        raise ValueError(f"cipher mode {mode!r} is not one of {served_modes('classification')}")
     if size not in SIZES:
         raise ValueError(f"model size {size!r} is not one of {list(SIZES)}")
     if num_classes <= 0:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
+    facts = mode_of(mode)
     patch = int(cipher["patch"])
     image = _side(cipher["image_size"], "image_size")
-    if image[0] % patch or image[1] % patch:
-        raise ValueError(f"cipher image_size {image} is not a multiple of patch {patch}")
+    sub_patch = int(cipher["sub_patch"]) if facts.mixes else None
+    try:
+        stored = facts.stored_size(image, patch, sub_patch)
+    except GeometryError as exc:
+        raise ValueError(f"cipher {exc}") from None
+    if "stored_size" in cipher and _side(cipher["stored_size"], "stored_size") != stored:
+        raise ValueError(f"cipher stored_size {cipher['stored_size']!r} does not match "
+                         f"{mode} of image_size {image} (stores {stored})")
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": int(cipher.get("channels", 3))}
-    family = _FAMILY[mode]
-    if mode in ("none", "shuffle"):
+    if family.plain_geometry:
         tile, img = patch, image
+        kwargs["sub_patch"] = sub_patch
     else:
-        sub_patch = int(cipher["sub_patch"])
-        if sub_patch <= 0 or patch % sub_patch:
-            raise ValueError(f"cipher sub_patch {sub_patch} does not divide patch {patch}")
-        stored = (image[0] * sub_patch // patch, image[1] * sub_patch // patch)
-        if "stored_size" in cipher and _side(cipher["stored_size"], "stored_size") != stored:
-            raise ValueError(f"cipher stored_size {cipher['stored_size']!r} does not match "
-                             f"image_size {image} mixed from patch {patch} to sub_patch {sub_patch}")
-        if mode == "mix":
-            tile, img = patch, image
-            kwargs["sub_patch"] = sub_patch
-        else:
-            tile, img = sub_patch, stored
+        tile, img = facts.tile(patch, sub_patch), stored
     kwargs.update(patch_size=tile, img_size=img if img[0] != img[1] else img[0])
-    return _pick_name(family, size, tile, img), kwargs
+    return _pick_name(family.prefix, size, tile, img), kwargs

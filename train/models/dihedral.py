@@ -23,7 +23,7 @@ from timm.models import build_model_with_cfg
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from train.models.registry import Variant, register_family, sized_variants
+from train.models.registry import Variant, declare_family, register_family, sized_variants
 from train.models.rpe import ReferencePositionalEncoding
 
 __all__ = ["DihedralPatchEmbed", "create_d4vit", "turn_tiles"]
@@ -84,8 +84,6 @@ def create_d4vit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
 
     Extra kwargs: ``d4_hidden_dim`` (width before the mean), ``rpe_hidden_dim``.
     """
-    if pretrained:
-        raise ValueError(f"{variant}: no pretrained weights exist for D4-ViT; use pretrained=False")
     if kwargs.get("pos_embed", "none") not in ("", "none"):
         raise ValueError(f"{variant}: D4-ViT has no absolute position embedding by design")
     kwargs.pop("pos_embed", None)
@@ -94,7 +92,7 @@ def create_d4vit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
     return build_model_with_cfg(
         VisionTransformer,
         variant,
-        pretrained=False,
+        pretrained=pretrained,  # only a local file (train-encrypted export): nothing to download
         pos_embed="none",
         class_token=True,
         embed_layer=embed_layer,
@@ -103,6 +101,8 @@ def create_d4vit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
     )
 
 
+# Tiles moved and each turned: position-free tokens invariant to the turn.
+declare_family("d4vit", "classification", ("mix-shuffle-orient",))
 register_family(__name__, create_d4vit, {
     **sized_variants("d4vit_{size}_patch16_224", dict(patch_size=16, img_size=224), (3, 224, 224),
                      "D4-ViT-{abbr}/16 for turned and shuffled 224 px images."),

@@ -30,7 +30,7 @@ from timm.layers import Format, nchw_to, to_2tuple
 from timm.models import build_model_with_cfg
 from timm.models.vision_transformer import VisionTransformer
 
-from train.models.registry import Variant, register_family, sized_variants
+from train.models.registry import Variant, declare_family, register_family, sized_variants
 
 __all__ = ["MixedPatchEmbed", "create_mivit"]
 
@@ -139,8 +139,6 @@ def create_mivit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
     Extra kwargs: ``sub_patch`` (s), ``input_mixed`` (default True), ``mi_hidden_dim``
     (channels between the s×s conv and the 1×1 conv; default the embedding width).
     """
-    if pretrained:
-        raise ValueError(f"{variant}: no pretrained weights exist for MI-ViT; use pretrained=False")
     embed_layer = partial(
         MixedPatchEmbed,
         sub_patch=kwargs.pop("sub_patch"),
@@ -150,13 +148,15 @@ def create_mivit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
     return build_model_with_cfg(
         VisionTransformer,
         variant,
-        pretrained=False,
+        pretrained=pretrained,  # only a local file (train-encrypted export): nothing to download
         embed_layer=embed_layer,
         feature_cfg=dict(out_indices=3, feature_cls="getter"),
         **kwargs,
     )
 
 
+# Sub-patches mixed in place: the embedding is linear in them, positions kept.
+declare_family("mivit", "classification", ("mix",), plain_geometry=True)
 register_family(__name__, create_mivit, {  # input: the stored mixed image
     **sized_variants("mivit_{size}_patch16_224", dict(patch_size=16, sub_patch=8, img_size=224), (3, 112, 112),
                      "MI-ViT-{abbr}/16, sub-patch 8: takes the 112 px mixed image of a 224 px image."),

@@ -24,7 +24,7 @@ from typing import Any
 from timm.models import build_model_with_cfg
 from timm.models.vision_transformer import VisionTransformer
 
-from train.models.registry import Variant, register_family, sized_variants
+from train.models.registry import Variant, declare_family, register_family, sized_variants
 from train.models.rpe import RPEPatchEmbed
 
 __all__ = ["create_pevit"]
@@ -35,8 +35,6 @@ def create_pevit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
 
     ``rpe_hidden_dim`` sets the RPE hidden width (default: the embedding width).
     """
-    if pretrained:
-        raise ValueError(f"{variant}: no pretrained weights exist for PEViT; use pretrained=False")
     if kwargs.get("pos_embed", "none") not in ("", "none"):
         raise ValueError(f"{variant}: PEViT has no absolute position embedding by design")
     if not kwargs.get("class_token", True):
@@ -46,7 +44,7 @@ def create_pevit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
     return build_model_with_cfg(
         VisionTransformer,
         variant,
-        pretrained=False,
+        pretrained=pretrained,  # only a local file (train-encrypted export): nothing to download
         pos_embed="none",
         class_token=True,
         embed_layer=embed_layer,
@@ -55,6 +53,8 @@ def create_pevit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
     )
 
 
+# Tiles moved but upright: position-free tokens read them in any order.
+declare_family("pevit", "classification", ("shuffle", "mix-shuffle"))
 register_family(__name__, create_pevit, {
     **sized_variants("pevit_{size}_patch16_224", dict(patch_size=16, img_size=224), (3, 224, 224),
                      "PEViT-{abbr}/16 for shuffled 224 px images."),

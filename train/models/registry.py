@@ -2,7 +2,9 @@
 
 PEViT, MI-ViT and D4-ViT differ only in how they build a model; their widths, the config
 timm keeps for an untrained model and the `register_model` entry points are the same, so
-each family module lists its variants and calls `register_family`.
+each family module lists its variants and calls `register_family`. Each family also
+declares the cipher modes whose stored images it reads (`declare_family`), and
+`model_for_cipher` / `detector_for_cipher` choose from those declarations only.
 """
 from __future__ import annotations
 
@@ -14,13 +16,58 @@ from typing import Any
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.models import generate_default_cfgs, register_model
 
-__all__ = ["WIDTHS", "Variant", "register_family", "sized_variants", "untrained_cfg"]
+from shards.modes import MODES
+
+__all__ = ["FAMILIES", "WIDTHS", "Family", "Variant", "declare_family", "family_for", "register_family",
+           "sized_variants", "untrained_cfg"]
 
 WIDTHS = {  # the ViT-Ti/S/B widths of the ViT paper (DeiT naming)
     "tiny": dict(embed_dim=192, depth=12, num_heads=3),
     "small": dict(embed_dim=384, depth=12, num_heads=6),
     "base": dict(embed_dim=768, depth=12, num_heads=12),
 }
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family, the modes it serves and how it spells their geometry.
+
+    `plain_geometry`: the family takes the plain image size, patch p and the sub-patch (MI-ViT's
+    embedding mixes inside the model's geometry); otherwise it takes the stored image and its
+    token tile.
+    """
+
+    prefix: str                 # timm names: {prefix}_{size}_patch{tile}_{img}
+    task: str                   # "classification" or "detection"
+    serves: tuple[str, ...]     # cipher modes (shards.modes) whose stored images it reads
+    plain_geometry: bool = False
+
+
+FAMILIES: dict[tuple[str, str], Family] = {}
+
+
+def declare_family(prefix: str, task: str, serves: tuple[str, ...], *, plain_geometry: bool = False) -> Family:
+    """Declare which modes a family reads; a mode may have one family per task."""
+    unknown = [m for m in serves if m not in MODES]
+    if unknown:
+        raise ValueError(f"family {prefix}: {', '.join(unknown)} is not a cipher mode (shards.modes)")
+    for other in FAMILIES.values():
+        taken = set(serves) & set(other.serves)
+        if other.task == task and other.prefix != prefix and taken:
+            raise ValueError(f"family {prefix}: {', '.join(sorted(taken))} already served by {other.prefix}")
+    family = Family(prefix, task, tuple(serves), plain_geometry)
+    FAMILIES[(task, prefix)] = family
+    return family
+
+
+def family_for(task: str, mode: Any) -> Family | None:
+    """The family declared for `mode` in `task`, or None."""
+    return next((f for f in FAMILIES.values() if f.task == task and mode in f.serves), None)
+
+
+def served_modes(task: str) -> list[str]:
+    """Every mode some family of `task` reads, in the table's order."""
+    return [m for m in MODES if family_for(task, m) is not None]
 
 
 @dataclass(frozen=True)

@@ -38,13 +38,13 @@ from timm.models import build_model_with_cfg
 from timm.models.vision_transformer import VisionTransformer
 
 from train.models.mivit import create_mivit
-from train.models.registry import WIDTHS, Variant, register_family, sized_variants
+from train.models.registry import (WIDTHS, Variant, declare_family, family_for, register_family, served_modes,
+                                   sized_variants)
 
 __all__ = ["SIZES", "YOLOS", "detector_for_cipher", "reference_grid"]
 
 SIZES = ("nano", "tiny", "small", "base")
 _DIMS = {"nano": dict(embed_dim=128, depth=4, num_heads=4), **WIDTHS}  # nano: tests and CPU benchmarks
-_FAMILY = {"none": "vit", "mix": "mivit"}
 
 
 class MLP(nn.Sequential):
@@ -179,6 +179,9 @@ def _create_plain(variant: str, pretrained: bool = False, **kwargs: Any) -> YOLO
     return _create_yolos(variant, pretrained, False, **kwargs)
 
 
+# Boxes need tokens where they were: only position-keeping modes have a detector.
+declare_family("mivit", "detection", ("mix",), plain_geometry=True)
+declare_family("vit", "detection", ("none",))
 _CFG = dict(num_classes=80, first_conv="backbone.patch_embed.proj", classifier="class_embed")
 register_family(__name__, _create_mixed, {  # input: the stored mixed image
     "yolos_mivit_nano_patch8_64": Variant("nano", dict(patch_size=8, sub_patch=4, img_size=64), (3, 32, 32),
@@ -205,9 +208,10 @@ def detector_for_cipher(cipher: Mapping[str, Any], num_classes: int, size: str =
     boxes. The kwargs spell out the geometry, so the name only fixes the width.
     """
     mode = cipher.get("mode")
-    if mode not in _FAMILY:
+    family = family_for("detection", mode)
+    if family is None:
         raise ValueError(f"cipher mode {mode!r} cannot be used for detection "
-                         "(shuffled patches lose positions); use mix or none")
+                         f"(shuffled patches lose positions); use {' or '.join(served_modes('detection'))}")
     if size not in SIZES:
         raise ValueError(f"detector size {size!r} is not one of {list(SIZES)}")
     image = cipher["image_size"]
@@ -216,9 +220,9 @@ def detector_for_cipher(cipher: Mapping[str, Any], num_classes: int, size: str =
     kwargs: dict[str, Any] = {"num_classes": num_classes, "num_det_tokens": num_det_tokens,
                               "aux_loss": aux_loss, "in_chans": int(cipher.get("channels", 3)),
                               "patch_size": patch, "img_size": height if height == width else (height, width)}
-    if mode == "mix":
+    if family.plain_geometry:
         kwargs["sub_patch"] = int(cipher["sub_patch"])
-    family = _FAMILY[mode]
-    exact = f"yolos_{family}_{size}_patch{patch}_{height}"
-    names = [exact] if height == width and timm.is_model(exact) else timm.list_models(f"yolos_{family}_{size}_*")
+    exact = f"yolos_{family.prefix}_{size}_patch{patch}_{height}"
+    names = ([exact] if height == width and timm.is_model(exact)
+             else timm.list_models(f"yolos_{family.prefix}_{size}_*"))
     return names[0], kwargs

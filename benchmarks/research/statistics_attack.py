@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment, quadratic_assignment
 
-from encrypt.ciphers import DIHEDRAL, _turn, from_tokens, to_tokens
+from encrypt.ciphers import DIHEDRAL, dihedral_relabellings, from_tokens, to_tokens
 
 __all__ = ["ScrambleEstimate", "align_turns", "dihedral_relabellings", "recover_scramble",
            "scramble_accuracy", "tile_correlation", "undo_scramble", "upright"]
@@ -71,12 +71,6 @@ def tile_correlation(images: np.ndarray, tile: int) -> np.ndarray:
     cov = values.T @ values
     scale = np.sqrt(np.clip(np.diag(cov), 1e-12, None))
     return cov / scale[:, None] / scale[None, :]
-
-
-def dihedral_relabellings(tile: int, channels: int) -> list[np.ndarray]:
-    """The 8 permutations of a tile's value slots made by turning the tile (D4), channels kept."""
-    idx = np.arange(tile * tile * channels).reshape(1, tile, tile, channels)
-    return [np.ascontiguousarray(_turn(idx, k)[0]).reshape(-1) for k in range(DIHEDRAL)]
 
 
 def scramble_accuracy(estimate: np.ndarray, perm: np.ndarray, tile: int, channels: int,
@@ -267,9 +261,7 @@ def _common_turn(values: np.ndarray, layouts: list[np.ndarray], tile: int) -> li
     """
     if len(layouts) == 1:
         return layouts
-    cells = tile * tile
-    turns = [np.ascontiguousarray(_turn(np.arange(cells).reshape(1, tile, tile, 1), k)[0]).reshape(-1)
-             for k in range(DIHEDRAL)]
+    turns = dihedral_relabellings(tile)
     planes = []
     for layout in layouts:
         plane = values[:, layout]

@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audit.attacks.statistics import (recover_scramble, scramble_accuracy, tile_correlation,
+from research.statistics_attack import (recover_scramble, scramble_accuracy, tile_correlation,
                                       undo_scramble, upright)
 from conftest import load_fashion_mnist
 from encrypt import ciphers
+from research.scramble import scramble_tiles
 
 TILE = 4  # Fashion-MNIST at 32 px, patch 4: an 8×8 grid of 16-value tiles
 
@@ -29,7 +30,7 @@ def release(images: np.ndarray, scramble: np.ndarray, *, turned: bool, seed: int
     rng = np.random.default_rng(seed)  # stands in for the keyed draws of a release
     perms = np.stack([rng.permutation(64) for _ in images])
     turns = rng.integers(0, 8, (len(images), 64))
-    stored = ciphers.shuffle(ciphers.scramble_tiles(images, scramble, TILE), perms, TILE)
+    stored = ciphers.shuffle(scramble_tiles(images, scramble, TILE), perms, TILE)
     if turned:
         stored = ciphers.orient_tiles(stored, turns, TILE)
     return stored, perms, turns
@@ -69,7 +70,7 @@ def test_per_tile_turns_are_aligned_away_with_twenty_images(fmnist):
     truth = ciphers.to_tokens(ciphers.shuffle(victims[50], perms[50], TILE), TILE)
     got = ciphers.to_tokens(image, TILE)
     textured = truth.reshape(64, -1).std(axis=1) > 20
-    best = max(np.mean([np.array_equal(ciphers._turn(g[None], k)[0], t)
+    best = max(np.mean([np.array_equal(ciphers.turn(g[None], k)[0], t)
                         for g, t in zip(got[textured], truth[textured])]) for k in range(8))
     assert best > 0.75
 
@@ -88,7 +89,7 @@ def test_two_rgb_photos_give_a_pixel_and_channel_scramble_back(photos):
     public = np.stack([photos["coffee"], photos["rocket"]])  # the attacker's own colour photos
     scramble = np.random.default_rng(8).permutation(8 * 8 * 3)
     perms = np.stack([np.random.default_rng(9 + i).permutation(784) for i in range(2)])
-    stored = ciphers.shuffle(ciphers.scramble_tiles(victims, scramble, 8), perms, 8)
+    stored = ciphers.shuffle(scramble_tiles(victims, scramble, 8), perms, 8)
     correlation = tile_correlation(stored, 8)
     assert correlation.shape == (192, 192) and np.allclose(np.diag(correlation), 1.0)
     estimate = recover_scramble(stored, public, 8)

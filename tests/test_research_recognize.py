@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from audit.attacks.inversion import deconvolve, upsample
-from audit.recognize import Recognizer, predict, recognizability, resize_batch, train_recognizer
+from research.recognize import Recognizer, predict, recognizability, resize_batch, train_recognizer
 from conftest import load_fashion_mnist
 from encrypt.ciphers import mix, mix_shuffle, shuffle
 from keys.derive import DatasetKey
