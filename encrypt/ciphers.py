@@ -113,9 +113,16 @@ def _sub_patch_sums(img: np.ndarray, patch: int, sub_patch: int) -> tuple[np.nda
     if sub_patch <= 0 or patch % sub_patch:
         raise ValueError(f"sub-patch {sub_patch} does not divide patch {patch}")
     k = patch // sub_patch
-    acc = np.uint32 if np.issubdtype(x.dtype, np.integer) else np.float64
     x = x.reshape(*lead, rows, k, sub_patch, cols, k, sub_patch, c)
-    sums = x.sum(axis=(-6, -3), dtype=acc)  # (..., rows, s, cols, s, C)
+    if x.dtype == np.uint8 and k * k * 255 < 2**16:
+        # k² strided adds into uint16: the same integer sums, ~4x faster than a multi-axis sum
+        sums = np.zeros((*lead, rows, sub_patch, cols, sub_patch, c), np.uint16)
+        for i in range(k):
+            for j in range(k):
+                sums += x[..., i, :, :, j, :, :]
+    else:
+        acc = np.uint32 if np.issubdtype(x.dtype, np.integer) else np.float64
+        sums = x.sum(axis=(-6, -3), dtype=acc)  # (..., rows, s, cols, s, C)
     sums = sums.reshape(*lead, rows * sub_patch, cols * sub_patch, c)
     return sums, k * k, squeeze
 
