@@ -205,7 +205,7 @@ def iter_samples(out_dir: str | os.PathLike, split: str, manifest: Manifest | No
     for path in manifest.shard_paths(out_dir, split):
         for raw in _iter_tar(path):
             if only is None or raw["__key__"] in only:
-                yield _decode_sample(raw, path.name, manifest.cipher, manifest.num_classes)
+                yield _decode_sample(raw, storage.name_of(path), manifest.cipher, manifest.num_classes)
 
 
 # -- the training stream -------------------------------------------------------------------

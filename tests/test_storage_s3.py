@@ -183,7 +183,8 @@ def test_a_kill_before_the_manifest_leaves_no_release_and_resume_finishes_it(
     summary = encrypt_dataset(list_imagefolder(small_source), url, keystore, "fm-killed", settings,
                               resume=True, progress=False)
     assert summary.resumed_shards == 6 and summary.images_written == 96
-    assert verify_release(url, identity, progress=False).ok
+    report = verify_release(url, identity, custody_log=keystore.custody.path, progress=False)
+    assert report.ok, report.to_dict()
     assert len(list(iter_samples(url, "val"))) == 32
 
 
