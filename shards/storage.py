@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import IO, Union
 
 from shards.common import atomic_write_bytes
+from shards.errors import ContractError, MissingExtra
 
 Location = Union[Path, str]
 
 LOCAL_PROTOCOLS = ("file", "local")
+BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
+"""The package each store's fsspec backend lives in (named when it is missing)."""
 READ_BLOCK = 8 << 20
 """Bytes per ranged GET when a shard is read from a store: big enough that a sequential tar
 scan costs few requests, small enough that workers do not each hold a whole shard."""
@@ -65,10 +68,21 @@ def name_of(loc: Location) -> str:
 
 
 def filesystem(url: str):
-    """(fsspec filesystem, path inside it) for a URL; configured from the environment only."""
-    from fsspec.core import url_to_fs
+    """(fsspec filesystem, path inside it) for a URL; configured from the environment only.
 
-    return url_to_fs(url)
+    A protocol whose fsspec backend is missing (s3fs for s3://) is one line naming the extra."""
+    try:
+        from fsspec.core import url_to_fs
+    except ImportError:
+        raise MissingExtra("fsspec", f"the release URL {url}", "s3") from None
+    try:
+        return url_to_fs(url)
+    except ImportError as exc:
+        proto = url.partition("://")[0].lower()
+        module = BACKENDS.get(proto, getattr(exc, "name", None) or proto)
+        raise MissingExtra(module, f"the release URL {url}", "s3" if proto in ("s3", "s3a") else module) from None
+    except ValueError as exc:  # an unknown protocol
+        raise ContractError(url, f"not a storage URL fsspec knows ({exc})") from None
 
 
 def exists(loc: Location) -> bool:

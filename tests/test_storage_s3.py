@@ -224,3 +224,17 @@ def test_ray_workers_upload_their_shards(s3, keystore, small_source):
                             keystore, "fm-ray", settings, progress=False)
     assert load_manifest(url).splits == load_manifest(Path(os.environ["PATCHVEIL_OWNER_DIR"]) / "ray-local").splits
     assert local.shards == 6
+
+
+def test_a_missing_s3_backend_is_one_line_naming_the_extra(keystore, tmp_path):
+    """Without s3fs (a core install), an s3:// release is refused in one line, nothing written."""
+    from core_install import run_tracked
+
+    identity = tmp_path / "identity.json"
+    identity.write_text(json.dumps(keystore.public_identity()))
+    result = run_tracked(["audit-shards", "verify", "s3://bucket/release", "--public-key", str(identity)],
+                         block=("s3fs",), block_distributions=("s3fs",), cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "s3fs, which is not installed" in lines[0] and 'patchveil[s3]' in lines[0]
+    assert [p.name for p in tmp_path.iterdir()] == ["identity.json"]
