@@ -90,6 +90,11 @@ def _check_workers(num_cpus: int, ray_address: str | None, ray_runtime_env: str 
     return load_runtime_env(ray_runtime_env)
 
 
+def _source_name(src) -> str:
+    """The default dataset id: the source folder's name (the last part of a URL)."""
+    return storage.name_of(src) if isinstance(src, str) else Path(src).resolve().name
+
+
 def _use_owner_dir(owner_dir: Path | None) -> None:
     """--owner-dir becomes $PATCHVEIL_OWNER_DIR, which `encrypt.journal.owner_dir` (and so the
     lock, journal and reports) reads for a URL OUT: one rule, however the job is started."""
@@ -129,7 +134,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("src", callback=lambda ctx, param, value: storage.location(value))  # a folder or a URL
 @click.argument("out", callback=lambda ctx, param, value: storage.location(value))  # a folder or a URL
 @keystore_options
 @job_options
@@ -163,7 +168,7 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
     preflight(listing, settings, out)
     store = _open_keystore(keystore, passphrase_file)
     _warn_mode(mode)  # after every input check: an error stays the only line
-    summary = encrypt_dataset(listing, out, store, dataset_id or Path(src).resolve().name, settings,
+    summary = encrypt_dataset(listing, out, store, dataset_id or _source_name(src), settings,
                               workers=num_cpus, ray_address=ray_address, ray_runtime_env=runtime_env,
                               resume=resume,
                               hide_class_names=hide_class_names, progress=not quiet,
@@ -172,8 +177,8 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
 
 
 @cli.command()
-@click.argument("images", type=click.Path(path_type=Path))
-@click.argument("annotations", type=click.Path(path_type=Path))
+@click.argument("images", callback=lambda ctx, param, value: storage.location(value))  # a folder or a URL
+@click.argument("annotations", callback=lambda ctx, param, value: storage.location(value))
 @click.argument("out", callback=lambda ctx, param, value: storage.location(value))  # a folder or a URL
 @keystore_options
 @job_options
@@ -205,7 +210,7 @@ def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch,
     preflight(listing, settings, out)
     store = _open_keystore(keystore, passphrase_file)
     _warn_mode(mode)  # after every input check: an error stays the only line
-    summary = encrypt_dataset(listing, out, store, dataset_id or Path(images).resolve().name, settings,
+    summary = encrypt_dataset(listing, out, store, dataset_id or _source_name(images), settings,
                               workers=num_cpus, ray_address=ray_address, ray_runtime_env=runtime_env,
                               resume=resume, progress=not quiet,
                               max_skipped_fraction=max_skipped)

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from encrypt.sources import InputError
+from shards import storage
 
 
 class DecodeError(InputError):
@@ -36,11 +37,13 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
-def decode_image(source: Path | bytes, channels: int = 3) -> np.ndarray:
+def decode_image(source: Path | str | bytes, channels: int = 3) -> np.ndarray:
     """Return H×W×channels uint8 pixels of the file (or its bytes), upright and without metadata."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     try:
+        if isinstance(source, str) and storage.is_url(source):  # a source in a store: one GET
+            source = storage.read_bytes(source)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:

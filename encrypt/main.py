@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import time
 import warnings
@@ -63,12 +64,19 @@ class JobSummary:
 def check_out_dir(out_dir: Path, src_dirs: list[Path], resume: bool) -> None:
     """OUT must not sit inside the source and must be new unless resuming."""
     if storage.is_url(out_dir):  # a store: no folders to resolve; it must hold nothing yet
+        out_url = str(storage.location(out_dir)) + "/"
+        for src in src_dirs:
+            src_url = str(storage.location(src)).rstrip("/") + "/"
+            if storage.is_url(src) and (out_url == src_url or out_url.startswith(src_url)):
+                raise InputError(f"{out_dir}: output location is inside the source {src}")
         if storage.list_names(out_dir) and not resume:
             raise InputError(f"{out_dir}: output location is not empty (use --resume to continue an "
                              "interrupted job)")
         return
     out = Path(out_dir).resolve()
     for src in src_dirs:
+        if storage.is_url(src):  # a source in a store cannot hold a local OUT
+            continue
         src = Path(src).resolve()
         if out == src or src in out.parents:
             raise InputError(f"{out_dir}: output folder is inside the source folder {src}")
@@ -116,7 +124,8 @@ def _probe(path: Path, min_side: int) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:  # lazy: reads the header, decodes no pixel
+            source = io.BytesIO(storage.read_bytes(path)) if isinstance(path, str) else path  # a store URL
+            with Image.open(source) as img:  # lazy: reads the header, decodes no pixel
                 w, h = img.size
     except Exception as exc:  # noqa: BLE001 - whatever stops Pillow here stops the job's decode too
         return f"unreadable image header ({type(exc).__name__})"

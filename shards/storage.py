@@ -121,6 +121,14 @@ def list_names(base: Location) -> list[tuple[str, str]]:
     return sorted(out)
 
 
+def find_files(base: str) -> list[str]:
+    """Every file below a URL folder, as paths relative to it (posix), from one recursive
+    listing (`fs.find`: the store's paginated list, no request per folder)."""
+    fs, path = filesystem(base)
+    root = path.rstrip("/") + "/"
+    return sorted(p[len(root):] for p in fs.find(path) if p.startswith(root))
+
+
 def size(loc: Location) -> int:
     """Bytes in a file; FileNotFoundError when absent."""
     loc = location(loc)

@@ -238,3 +238,48 @@ def test_a_missing_s3_backend_is_one_line_naming_the_extra(keystore, tmp_path):
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "s3fs, which is not installed" in lines[0] and 'patchveil[s3]' in lines[0]
     assert [p.name for p in tmp_path.iterdir()] == ["identity.json"]
+
+
+def test_an_imagefolder_source_in_the_store_lists_and_encrypts_as_on_disk(s3, keystore, small_source, tmp_path):
+    """SRC as a URL: one recursive listing gives the local listing (items, labels, order, skips),
+    and the release from it has the local release's shard bytes."""
+    import shutil
+
+    source = shutil.copytree(small_source, tmp_path / "fmnist")
+    (source / "train" / "notes.txt").write_text("not an image")  # a file beside the classes
+    klass = sorted((source / "val").iterdir())[0]
+    (klass / "readme.md").write_text("skipped: not an image")
+    (klass / "more").mkdir()
+    shutil.copy(next(klass.glob("*.png")), klass / "more" / "a.png")  # a nested folder: os.walk order
+    s3.put(str(source), "bucket/src-fm", recursive=True)
+    url = "s3://bucket/src-fm"
+    remote, local = list_imagefolder(url), list_imagefolder(source)
+    assert [(i.split, i.rel_path, i.label) for i in remote.items] == \
+        [(i.split, i.rel_path, i.label) for i in local.items]
+    assert (remote.skipped, remote.class_names, remote.splits) == (local.skipped, local.class_names, local.splits)
+    assert remote.items[0].path == f"{url}/{remote.items[0].rel_path}"
+
+    settings = job_settings(mode="shuffle", shard_samples=16)
+    encrypt_dataset(remote, "s3://bucket/from-url", keystore, "fm-src", settings, progress=False)
+    encrypt_dataset(local, tmp_path / "from-disk", keystore, "fm-src", settings, progress=False)
+    assert load_manifest("s3://bucket/from-url").splits == load_manifest(tmp_path / "from-disk").splits
+
+
+def test_a_coco_source_in_the_store_reads_annotations_and_images_through_fsspec(
+        s3, keystore, fmnist_small, tmp_path):
+    from canvas_coco import write_canvas_coco
+    from encrypt.plan import JobSettings
+    from encrypt.sources import list_coco
+
+    images, labels = fmnist_small
+    image_dir, ann_path = write_canvas_coco(tmp_path / "coco", images, labels, images=12, canvas=96)
+    s3.put(str(image_dir), "bucket/coco/images", recursive=True)
+    s3.put_file(str(ann_path), "bucket/coco/instances.json")
+    remote = list_coco("s3://bucket/coco/images", "s3://bucket/coco/instances.json")
+    local = list_coco(image_dir, ann_path)
+    assert [(i.rel_path, i.annotation) for i in remote.items] == [(i.rel_path, i.annotation) for i in local.items]
+    settings = JobSettings(mode="mix", patch=8, sub_patch=4, size=64, resize=64, views=1, format="png",
+                           quality=95, channels=1, shard_samples=8, task="detection", min_side=1)
+    encrypt_dataset(remote, "s3://bucket/coco-release", keystore, "canvas", settings, progress=False)
+    encrypt_dataset(local, tmp_path / "coco-release", keystore, "canvas", settings, progress=False)
+    assert load_manifest("s3://bucket/coco-release").splits == load_manifest(tmp_path / "coco-release").splits
