@@ -218,7 +218,7 @@ def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch,
 
 
 @cli.command()
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", callback=lambda ctx, param, value: storage.location(value))  # a folder or a URL
 @click.argument("dest", type=click.Path(path_type=Path))
 @keystore_options
 @click.option("--ids", multiple=True, metavar="ID[,ID...]",
@@ -245,7 +245,7 @@ def decrypt(out, dest, keystore, passphrase_file, ids, quiet):
 
 
 @cli.command()
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", callback=lambda ctx, param, value: storage.location(value))  # a URL is refused
 @keystore_options
 @click.option("--path", "paths", multiple=True, required=True, metavar="ORIGINAL_PATH",
               help="Source path relative to the folder that was encrypted, e.g. train/coat/0001.png (repeatable).")

@@ -283,3 +283,19 @@ def test_a_coco_source_in_the_store_reads_annotations_and_images_through_fsspec(
     encrypt_dataset(remote, "s3://bucket/coco-release", keystore, "canvas", settings, progress=False)
     encrypt_dataset(local, tmp_path / "coco-release", keystore, "canvas", settings, progress=False)
     assert load_manifest("s3://bucket/coco-release").splits == load_manifest(tmp_path / "coco-release").splits
+
+
+def test_decrypt_reads_a_release_in_the_store_and_forget_refuses_it(s3, keystore, small_source, tmp_path):
+    """decrypt works from s3:// (the lock and index stay owner-side); forget needs a local copy."""
+    from encrypt.decrypt import decrypt_release
+    from encrypt.forget import forget_samples
+    from encrypt.sources import InputError
+
+    url = "s3://bucket/killed"  # the release the kill/resume test finished
+    summary = decrypt_release(url, tmp_path / "restored", keystore, progress=False)
+    assert summary.samples == 96 and summary.named_by == "path"
+    assert len(list((tmp_path / "restored").rglob("*.png"))) == 96
+    before = s3.cat_file("bucket/killed/manifest.json")
+    with pytest.raises(InputError, match="forget works on a local release folder"):
+        forget_samples(url, keystore, ["train/x.png"], progress=False)
+    assert s3.cat_file("bucket/killed/manifest.json") == before
