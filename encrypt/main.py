@@ -310,6 +310,7 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
         raise JobRefused(out_dir, f"refused, nothing signed or logged: {line}; the list is in {report}",
                          written=images_by_split, skipped=dict(reasons), report=report)
 
+    _confirm_shards(out_dir, splits)  # through OUT's own filesystem: no shared-disk assumption
     keystore.dataset_key(dataset_id)  # logs dataset-derived the first time, before used-for-job
     save_index(keystore, dataset_id, _index_entries(tasks, skipped))
     manifest = Manifest(
@@ -337,6 +338,27 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
     _write_private(private / "summary.json", summary.to_json())
     _write_private(private / "skipped.json", skipped_json)
     return summary
+
+
+def _confirm_shards(out_dir, splits: dict[str, list]) -> None:
+    """Every shard a worker reported is in OUT at its size, before anything is signed.
+
+    A worker on another node writing to its own disk (a local OUT on a cluster) would
+    otherwise yield a signed manifest listing shards that are not there."""
+    absent = []
+    for entries in splits.values():
+        for entry in entries:
+            try:
+                ok = storage.size(storage.join(out_dir, entry.name)) == entry.bytes
+            except OSError:
+                ok = False
+            if not ok:
+                absent.append(entry.name)
+    if absent:
+        raise InputError(out_dir, f"{len(absent)} shard(s) the workers reported are not in OUT at their size "
+                                  f"({absent[0]}{', ...' if len(absent) > 1 else ''}); nothing signed. On a "
+                                  "cluster OUT must be a location every node writes to: a shared folder or a "
+                                  "store URL (s3://...)")
 
 
 def _index_entries(tasks, skipped: list[Skipped]) -> dict[str, dict]:

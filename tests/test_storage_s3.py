@@ -299,3 +299,16 @@ def test_decrypt_reads_a_release_in_the_store_and_forget_refuses_it(s3, keystore
     with pytest.raises(InputError, match="forget works on a local release folder"):
         forget_samples(url, keystore, ["train/x.png"], progress=False)
     assert s3.cat_file("bucket/killed/manifest.json") == before
+
+
+def test_nothing_is_signed_when_a_reported_shard_is_not_in_the_store(s3, keystore, small_source, monkeypatch):
+    """The driver confirms shards through OUT's filesystem (a worker that wrote elsewhere,
+    e.g. to its own node's disk, cannot get a manifest signed)."""
+    import encrypt.job
+    from encrypt.sources import InputError
+
+    monkeypatch.setattr(encrypt.job.storage, "publish", lambda local, out: None)  # uploads lost
+    with pytest.raises(InputError, match="not in OUT at their size"):
+        encrypt_dataset(list_imagefolder(small_source), "s3://bucket/lost", keystore, "fm-lost",
+                        job_settings(mode="shuffle", shard_samples=16), progress=False)
+    assert not s3.exists("bucket/lost/manifest.json")
