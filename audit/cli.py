@@ -20,6 +20,7 @@ from audit.errors import AuditError
 from keys.checkpoint import parse_checkpoint
 from keys.custody import read_identity
 from shards.console import Commands, command_group
+from shards import storage
 
 
 class LazyCommand(NamedTuple):
@@ -95,7 +96,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out")  # a folder or a store URL (s3://...): click.Path would mangle a URL
 @click.option("--public-key", "public_key", required=True, metavar="PUB.json",
               type=click.Path(path_type=Path),
               help="The owner's public identity (`dataset-keys export-public`), obtained out of band.")
@@ -108,7 +109,7 @@ def cli() -> None:
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: on for releases over 256 MB, on a terminal).")
 @click.option("--quiet", is_flag=True, help="No progress bar (same as --no-progress).")
-def verify(out: Path, public_key: Path, custody_log: Path | None, checkpoint_file: Path | None,
+def verify(out: str, public_key: Path, custody_log: Path | None, checkpoint_file: Path | None,
            as_json: bool, progress: bool | None, quiet: bool) -> None:
     """Check a release: manifest signature, shard files, sample contents, custody log, key id;
     with --checkpoint, also that the log extends a checkpoint you kept.
@@ -120,8 +121,10 @@ def verify(out: Path, public_key: Path, custody_log: Path | None, checkpoint_fil
       audit-shards verify ~/release --public-key identity.json
       audit-shards verify ~/release --public-key identity.json --custody-log custody.log --json
       audit-shards verify ~/release --public-key identity.json --custody-log custody.log --checkpoint old.txt
+      audit-shards verify s3://bucket/release --public-key identity.json
     """
-    if not out.is_dir():
+    out = storage.location(out)
+    if isinstance(out, Path) and not out.is_dir():
         raise AuditError(out, "not a release folder")
     identity = read_identity(public_key)
     if custody_log is not None and not custody_log.is_file():

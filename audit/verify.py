@@ -49,6 +49,7 @@ from keys.checkpoint import Checkpoint, log_origin, verify_signatures
 from keys.custody import GENESIS, ChainReport, identity_signing_keys, line_hash, signing_key_id, verify_chain
 from keys.derive import SAMPLE_ID_HEX, dataset_key_id_from_commitment
 from shards.console import progress_bar
+from shards import storage
 from shards.info import INFO_NAME, info_problems
 from shards.manifest import MANIFEST_NAME, Manifest, ManifestError
 from shards.reader import STORAGE_EXTENSION
@@ -120,7 +121,7 @@ def verify_release(out_dir: str | Path, identity: dict[str, Any], *,
     None shows a bar for large releases."""
     if checkpoint is not None and custody_log is None:
         raise ValueError("a checkpoint is checked against a custody log: give custody_log too")
-    out_dir = Path(out_dir)
+    out_dir = storage.location(out_dir)  # a folder, or a store URL read through fsspec
     identity_keys = {kid: key.public_bytes_raw() for kid, key in identity_signing_keys(identity).items()}
     results = {name: CheckResult(name, "pass", "") for name in CHECKS}
 
@@ -132,9 +133,9 @@ def verify_release(out_dir: str | Path, identity: dict[str, Any], *,
 
     manifest = None
     try:
-        if (out_dir / MANIFEST_NAME).is_symlink():
+        if isinstance(out_dir, Path) and (out_dir / MANIFEST_NAME).is_symlink():
             raise ManifestError(f"{MANIFEST_NAME} is a symbolic link, not a file of the release")
-        manifest = Manifest.load(out_dir / MANIFEST_NAME)
+        manifest = Manifest.load(storage.join(out_dir, MANIFEST_NAME))
     except ManifestError as exc:
         for name in ("manifest-signature", "shard-files", "sample-contents", "key-id"):
             results[name].problem(f"no readable manifest: {exc}")
@@ -187,6 +188,18 @@ class _ShardStats:
 
 def _check_info(out_dir: Path, manifest: Manifest, files: CheckResult) -> None:
     """timm's `_info.json`: a regular file (no link), with the signed sha256, saying what the manifest says."""
+    if isinstance(out_dir, str):  # a store: objects, no links
+        try:
+            data = storage.read_bytes(storage.join(out_dir, INFO_NAME), MAX_MEMBER_BYTES + 1)
+        except FileNotFoundError:
+            files.problem(f"{INFO_NAME}: missing (the manifest signs one)")
+            return
+        except OSError as exc:
+            files.problem(f"{INFO_NAME}: cannot be read ({exc.strerror or type(exc).__name__})")
+            return
+        for problem in info_problems(data, manifest):
+            files.problem(problem)
+        return
     try:
         fd = os.open(out_dir / INFO_NAME, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
@@ -203,22 +216,32 @@ def _check_info(out_dir: Path, manifest: Manifest, files: CheckResult) -> None:
         files.problem(problem)
 
 
+def _compare(name: str, entry, stats: _ShardStats, files: CheckResult) -> None:
+    if stats.size != entry.bytes:
+        files.problem(f"{name}: size {stats.size} bytes, the manifest says {entry.bytes}")
+    if stats.sha256 != entry.sha256:
+        files.problem(f"{name}: sha256 {stats.sha256[:16]}… differs from the manifest's "
+                      f"{entry.sha256[:16]}…")
+    if stats.samples != entry.samples:
+        files.problem(f"{name}: {stats.samples} samples, the manifest says {entry.samples}")
+
+
 def _check_shards(out_dir: Path, manifest: Manifest, files: CheckResult, contents: CheckResult,
                   progress: bool | None) -> None:
     listed = {e.name: e for entries in manifest.splits.values() for e in entries}
     if manifest.info_sha256 is not None:
         _check_info(out_dir, manifest, files)
-    for path in sorted(out_dir.iterdir()):
-        if path.name == MANIFEST_NAME or path.name in listed:
+    for name, _ in storage.list_names(out_dir):
+        if name == MANIFEST_NAME or name in listed:
             continue
-        if path.name == INFO_NAME and manifest.info_sha256 is not None:
+        if name == INFO_NAME and manifest.info_sha256 is not None:
             continue  # checked above
-        if TEMP_PATTERN.match(path.name):
-            files.problem(f"{path.name}: temporary file left by an interrupted write")
-        elif path.suffix.lower() == ".tar":
-            files.problem(f"{path.name}: shard present but not listed in the manifest")
+        if TEMP_PATTERN.match(name):
+            files.problem(f"{name}: temporary file left by an interrupted write")
+        elif name.lower().endswith(".tar"):
+            files.problem(f"{name}: shard present but not listed in the manifest")
         else:
-            files.problem(f"{path.name}: not part of the release (only manifest.json, {INFO_NAME} when "
+            files.problem(f"{name}: not part of the release (only manifest.json, {INFO_NAME} when "
                           "the manifest signs one, and listed shards belong)")
 
     total = sum(e.bytes for e in listed.values())
@@ -227,6 +250,21 @@ def _check_shards(out_dir: Path, manifest: Manifest, files: CheckResult, content
     keys = SampleKeys()
     with progress_bar(enabled=show, total=total, unit="B", unit_scale=True, desc="verify") as bar:
         for number, (name, entry) in enumerate(listed.items()):
+            if isinstance(out_dir, str):  # a store: stream the object through ranged reads
+                try:
+                    with storage.open_read(storage.join(out_dir, name)) as f:
+                        stats = _scan_shard(f, name, manifest, contents, files, bar.update,
+                                            lambda key, n=number: keys.add(key, n))
+                except FileNotFoundError:
+                    files.problem(f"{name}: missing")
+                    continue
+                except OSError as exc:
+                    files.problem(f"{name}: cannot be read ({exc.strerror or type(exc).__name__})")
+                    continue
+                checked += 1
+                samples += stats.samples
+                _compare(name, entry, stats, files)
+                continue
             path = out_dir / name
             try:
                 fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -243,13 +281,7 @@ def _check_shards(out_dir: Path, manifest: Manifest, files: CheckResult, content
                                     lambda key, n=number: keys.add(key, n))
             checked += 1
             samples += stats.samples
-            if stats.size != entry.bytes:
-                files.problem(f"{name}: size {stats.size} bytes, the manifest says {entry.bytes}")
-            if stats.sha256 != entry.sha256:
-                files.problem(f"{name}: sha256 {stats.sha256[:16]}… differs from the manifest's "
-                              f"{entry.sha256[:16]}…")
-            if stats.samples != entry.samples:
-                files.problem(f"{name}: {stats.samples} samples, the manifest says {entry.samples}")
+            _compare(name, entry, stats, files)
     names = list(listed)
     for key, shards in keys.duplicates():
         contents.problem(f"sample {key} is in {len(shards)} shards ({', '.join(names[i] for i in shards)}); "

@@ -14,12 +14,14 @@ import click
 from encrypt.decrypt import decrypt_release
 from encrypt.forget import forget_samples
 from encrypt.distribute import check_address, load_runtime_env
+from encrypt.journal import owner_dir as owner_dir_of
 from encrypt.main import check_out_dir, encrypt_dataset, preflight
 from encrypt.plan import JobSettings, check_split
 from encrypt.risk import risk_line
 from encrypt.sources import InputError, list_coco, list_imagefolder
 from keys.keystore import open_keystore
 from keys.passphrase import PASSPHRASE_HELP, read_passphrase
+from shards import storage
 from shards.console import command_group
 from shards.errors import require
 from shards.modes import MODES, NAMES
@@ -60,6 +62,10 @@ def job_options(fn):
                           "need no pre-install, e.g. '{\"py_modules\": [\"encrypt\", \"keys\", \"shards\"], "
                           "\"pip\": [\"numpy\", \"pillow\", \"cryptography\"]}' (docs/data-owner.md)."),
         click.option("--resume", is_flag=True, help="Continue an interrupted job in the same OUT."),
+        click.option("--owner-dir", envvar="PATCHVEIL_OWNER_DIR", type=click.Path(file_okay=False, path_type=Path),
+                     help="For a URL OUT (s3://...): local root of the owner's private folders (journal, "
+                          "lock, reports), OWNER_DIR/<protocol>/<bucket>/<path>.owner (default: "
+                          "$PATCHVEIL_OWNER_DIR, else ~/.patchveil/owner). A local OUT keeps OUT.owner beside it."),
         click.option("--quiet", is_flag=True, help="No progress bar (bars are drawn on a terminal only)."),
     ]
     for option in reversed(options):
@@ -84,6 +90,18 @@ def _check_workers(num_cpus: int, ray_address: str | None, ray_runtime_env: str 
     return load_runtime_env(ray_runtime_env)
 
 
+def _source_name(src) -> str:
+    """The default dataset id: the source folder's name (the last part of a URL)."""
+    return storage.name_of(src) if isinstance(src, str) else Path(src).resolve().name
+
+
+def _use_owner_dir(owner_dir: Path | None) -> None:
+    """--owner-dir becomes $PATCHVEIL_OWNER_DIR, which `encrypt.journal.owner_dir` (and so the
+    lock, journal and reports) reads for a URL OUT: one rule, however the job is started."""
+    if owner_dir is not None:
+        os.environ["PATCHVEIL_OWNER_DIR"] = str(owner_dir)
+
+
 def _warn_mode(mode: str) -> None:
     """Every job says its mode's measured risk (encrypt/measured_risk.json, the benchmarks' output)."""
     click.echo(f"warning: mode {mode}: {risk_line(mode)} (see docs/privacy.md)", err=True)
@@ -93,7 +111,7 @@ def _open_keystore(keystore: Path, passphrase_file: Path | None):
     return open_keystore(keystore, read_passphrase(passphrase_file))
 
 
-def _report(summary, out: Path) -> None:
+def _report(summary, out) -> None:
     click.echo(f"wrote {summary.images_written} images in {summary.shards} shards "
                f"({summary.bytes / 1e6:.1f} MB) to {out} in {summary.seconds:.1f} s "
                f"({summary.images_per_second:.0f} images/s)")
@@ -101,7 +119,7 @@ def _report(summary, out: Path) -> None:
         click.echo(f"resumed: {summary.resumed_shards} shards were already done and verified")
     for reason, count in sorted(summary.skipped.items()):
         click.echo(f"skipped {count}: {reason}")
-    click.echo(f"manifest digest {summary.manifest_digest}; owner report in {out}.owner/")
+    click.echo(f"manifest digest {summary.manifest_digest}; owner report in {owner_dir_of(out)}/")
 
 
 @command_group("encrypt-dataset")
@@ -116,8 +134,8 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("src", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("src", callback=lambda ctx, param, value: storage.location(value))  # a folder or a URL
+@click.argument("out", callback=lambda ctx, param, value: storage.location(value))  # a folder or a URL
 @keystore_options
 @job_options
 @click.option("--mode", type=click.Choice(NAMES), default=DEFAULT_MODE, show_default=True,
@@ -129,7 +147,7 @@ def cli() -> None:
 @click.option("--hide-class-names", is_flag=True, help="Keep only the class count in the manifest.")
 @click.option("--min-side", type=int, help="Skip images whose shorter side is below this (default: size/4).")
 def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patch, size, fmt, quality,
-                grayscale, shard_samples, num_cpus, max_skipped, ray_address, ray_runtime_env, resume, quiet, mode, resize,
+                grayscale, shard_samples, num_cpus, max_skipped, ray_address, ray_runtime_env, resume, owner_dir, quiet, mode, resize,
                 views, split, hide_class_names, min_side):
     """Encrypt an ImageFolder tree: SRC/{train,val}/{class}/* or SRC/{class}/*.
 
@@ -143,13 +161,14 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
                              format=fmt, quality=quality, channels=1 if grayscale else 3,
                              shard_samples=shard_samples, min_side=size // 4 if min_side is None else min_side)
     split = check_split(split)
+    _use_owner_dir(owner_dir)
     runtime_env = _check_workers(num_cpus, ray_address, ray_runtime_env)
     check_out_dir(out, [src], resume)
     listing = list_imagefolder(src, split)
     preflight(listing, settings, out)
     store = _open_keystore(keystore, passphrase_file)
     _warn_mode(mode)  # after every input check: an error stays the only line
-    summary = encrypt_dataset(listing, out, store, dataset_id or Path(src).resolve().name, settings,
+    summary = encrypt_dataset(listing, out, store, dataset_id or _source_name(src), settings,
                               workers=num_cpus, ray_address=ray_address, ray_runtime_env=runtime_env,
                               resume=resume,
                               hide_class_names=hide_class_names, progress=not quiet,
@@ -158,9 +177,9 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
 
 
 @cli.command()
-@click.argument("images", type=click.Path(path_type=Path))
-@click.argument("annotations", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("images", callback=lambda ctx, param, value: storage.location(value))  # a folder or a URL
+@click.argument("annotations", callback=lambda ctx, param, value: storage.location(value))
+@click.argument("out", callback=lambda ctx, param, value: storage.location(value))  # a folder or a URL
 @keystore_options
 @job_options
 @click.option("--mode", type=click.Choice(NAMES), default="mix", show_default=True,
@@ -168,7 +187,7 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
                    "positions cannot carry boxes.")
 @click.option("--split", default="train", show_default=True, help="Split name for these images.")
 def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch, sub_patch, size, fmt,
-         quality, grayscale, shard_samples, num_cpus, max_skipped, ray_address, ray_runtime_env, resume, quiet, mode,
+         quality, grayscale, shard_samples, num_cpus, max_skipped, ray_address, ray_runtime_env, resume, owner_dir, quiet, mode,
          split):
     """Encrypt a COCO detection set: IMAGES folder + instances JSON, letterboxed to --size.
 
@@ -184,13 +203,14 @@ def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch,
                              format=fmt, quality=quality, channels=1 if grayscale else 3,
                              shard_samples=shard_samples, task="detection", min_side=1)
     split = check_split(split)
+    _use_owner_dir(owner_dir)
     runtime_env = _check_workers(num_cpus, ray_address, ray_runtime_env)
     check_out_dir(out, [images], resume)
     listing = list_coco(images, annotations, split)
     preflight(listing, settings, out)
     store = _open_keystore(keystore, passphrase_file)
     _warn_mode(mode)  # after every input check: an error stays the only line
-    summary = encrypt_dataset(listing, out, store, dataset_id or Path(images).resolve().name, settings,
+    summary = encrypt_dataset(listing, out, store, dataset_id or _source_name(images), settings,
                               workers=num_cpus, ray_address=ray_address, ray_runtime_env=runtime_env,
                               resume=resume, progress=not quiet,
                               max_skipped_fraction=max_skipped)
@@ -198,7 +218,7 @@ def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch,
 
 
 @cli.command()
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", callback=lambda ctx, param, value: storage.location(value))  # a folder or a URL
 @click.argument("dest", type=click.Path(path_type=Path))
 @keystore_options
 @click.option("--ids", multiple=True, metavar="ID[,ID...]",
@@ -225,7 +245,7 @@ def decrypt(out, dest, keystore, passphrase_file, ids, quiet):
 
 
 @cli.command()
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", callback=lambda ctx, param, value: storage.location(value))  # a URL is refused
 @keystore_options
 @click.option("--path", "paths", multiple=True, required=True, metavar="ORIGINAL_PATH",
               help="Source path relative to the folder that was encrypted, e.g. train/coat/0001.png (repeatable).")

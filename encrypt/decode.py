@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from encrypt.sources import InputError
+from shards import storage
 
 
 class DecodeError(InputError):
@@ -48,13 +49,15 @@ TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
 
 
 @contextlib.contextmanager
-def opened(source: Path | bytes) -> Iterator[Image.Image]:
+def opened(source: Path | str | bytes) -> Iterator[Image.Image]:
     """The file opened (header only) by Pillow, every failure inside the block a DecodeError.
 
     The decompression-bomb check runs here, on the size the header declares, before any pixel
-    is decoded; Pillow's warning is an error too.
+    is decoded; Pillow's warning is an error too. A URL source (object store) is one GET.
     """
     try:
+        if isinstance(source, str) and storage.is_url(source):
+            source = storage.read_bytes(source)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
@@ -101,7 +104,7 @@ def as_pixels(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def decode_image(source: Path | bytes, channels: int = 3) -> np.ndarray:
+def decode_image(source: Path | str | bytes, channels: int = 3) -> np.ndarray:
     """Return H×W×channels uint8 pixels of the file (or its bytes), upright and without metadata."""
     check_channels(channels)
     with opened(source) as img:

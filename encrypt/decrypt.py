@@ -25,6 +25,7 @@ from encrypt.lock import holds_release
 from encrypt.sources import InputError
 from keys.errors import KeystoreError
 from keys.index import load_index
+from shards import storage
 from shards.console import progress_bar
 from shards.manifest import MANIFEST_NAME, Manifest, ManifestError
 from shards.reader import iter_samples, sha256_file
@@ -52,8 +53,9 @@ class DecryptSummary:
 
 def load_owned_manifest(out_dir: Path, keystore) -> Manifest:
     """The release's manifest, checked against one of this keystore's signing keys (any generation)."""
-    path = Path(out_dir) / MANIFEST_NAME
-    if not Path(out_dir).is_dir():
+    out_dir = storage.location(out_dir)  # a folder, or a store URL (read through fsspec)
+    path = storage.join(out_dir, MANIFEST_NAME)
+    if isinstance(out_dir, Path) and not out_dir.is_dir():
         raise InputError(f"{out_dir}: not a release folder")
     manifest = Manifest.load(path)
     ours = {k["public_key"] for k in keystore.signing_keys()}
@@ -74,10 +76,10 @@ def check_shard_digests(out_dir: Path, manifest: Manifest, names: Iterable[str] 
         for entry in entries:
             if wanted is not None and entry.name not in wanted:
                 continue
-            path = Path(out_dir) / entry.name
-            if not path.is_file():
+            path = storage.join(out_dir, entry.name)
+            if not (path.is_file() if isinstance(path, Path) else storage.exists(path)):
                 raise InputError(f"{path}: listed in the manifest but missing")
-            if sha256_file(path) != entry.sha256:
+            if (sha256_file(path) if isinstance(path, Path) else storage.sha256(path)) != entry.sha256:
                 raise InputError(f"{path}: sha256 differs from the signed manifest (damaged or edited); "
                                  "run audit-shards verify")
 
@@ -86,7 +88,7 @@ def check_shard_digests(out_dir: Path, manifest: Manifest, names: Iterable[str] 
 def decrypt_release(out_dir: Path, dest: Path, keystore, *, ids: Iterable[str] | None = None,
                     progress: bool = True) -> DecryptSummary:
     """Write the decrypted images of a release (or of the samples `ids`) under `dest`."""
-    out_dir, dest = Path(out_dir), Path(dest)
+    out_dir, dest = storage.location(out_dir), Path(dest)
     manifest = load_owned_manifest(out_dir, keystore)
     cipher = manifest.cipher
     refusal = nothing_to_decrypt(cipher.mode)
@@ -148,6 +150,8 @@ def _check_dest(dest: Path, out_dir: Path) -> None:
         raise InputError(f"{dest}: destination exists and is not an empty folder")
     if not dest.absolute().parent.is_dir():
         raise InputError(f"{dest}: parent folder does not exist")
+    if isinstance(out_dir, str):  # a release in a store: a local DEST cannot be inside it
+        return
     if dest.resolve() == out_dir.resolve() or out_dir.resolve() in dest.resolve().parents:
         raise InputError(f"{dest}: destination is inside the release {out_dir}")
 

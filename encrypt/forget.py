@@ -42,6 +42,7 @@ from encrypt.lock import release_lock
 from encrypt.sources import InputError
 from keys.derive import normalise_path
 from keys.index import load_index
+from shards import storage
 from shards.common import SHARD_NAME_PATTERN, atomic_write_bytes, atomic_writer, fsync_directory
 from shards.console import progress_bar
 from shards.info import INFO_NAME, info_bytes, info_sha256
@@ -81,6 +82,9 @@ def forget_samples(out_dir: Path, keystore, paths: Iterable[str], *, progress: b
     Holds OUT's lock. An interrupted forget on OUT is finished first; when that one already
     removed everything asked now, its summary is returned with `resumed=True`.
     """
+    if storage.is_url(out_dir):  # its steps rename shards in place, which a store cannot do
+        raise InputError(f"{out_dir}: forget works on a local release folder; copy the release "
+                         "down, forget there, and upload the new version")
     out_dir = Path(out_dir)
     with release_lock(out_dir):
         finished = recover(out_dir, keystore)
@@ -150,7 +154,7 @@ def recover(out_dir: Path, keystore) -> ForgetSummary | None:
     Call it holding OUT's lock. No record: nothing in OUT changed yet, so the staging folder
     is deleted (roll back). A record: every step is redone that is not done yet (roll forward).
     """
-    out_dir = Path(out_dir)
+    out_dir = storage.location(out_dir)  # a URL OUT: its owner folder is local (journal.owner_dir)
     private = owner_dir(out_dir)
     if not private.is_dir():
         return None

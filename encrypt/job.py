@@ -20,6 +20,7 @@ from encrypt.geometry import letterbox, random_resized_crop
 from encrypt.plan import JobSettings, PlannedSample, ShardTask
 from encrypt.prepare import decode_source, prepare_pixels
 from encrypt.sources import Skipped
+from shards import storage
 from shards.manifest import ShardEntry
 from shards.writer import ShardWriter
 
@@ -90,11 +91,13 @@ def encrypt_sample(pixels: np.ndarray, sample: PlannedSample, settings: JobSetti
 
 
 def encrypt_shard(task: ShardTask, settings: JobSettings, dataset_key, out_dir: Path) -> ShardResult:
-    """Write one complete shard (or nothing: the writer renames only on success)."""
+    """Write one complete shard (or nothing: the writer renames only on success).
+
+    For a URL OUT the shard is written to a local temp folder and uploaded once complete."""
     start = time.perf_counter()
     skipped: list[Skipped] = []
     ext = extension(settings.format)
-    with ShardWriter(Path(out_dir), task.split, task.index) as writer:
+    with storage.staging_dir(out_dir) as local_dir, ShardWriter(local_dir, task.split, task.index) as writer:
         for sample in task.samples:
             item = sample.item
             try:
@@ -106,5 +109,6 @@ def encrypt_shard(task: ShardTask, settings: JobSettings, dataset_key, out_dir: 
             writer.write(sample.key, encrypt_sample(pixels, sample, settings, dataset_key), ext,
                          cls=item.label, meta=meta)
         entry = writer.close()
+        storage.publish(writer.path, out_dir)  # a store: upload the finished shard whole
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     return ShardResult(entry, skipped, time.perf_counter() - start, round(peak, 1))

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from encrypt.sources import InputError, Skipped
+from shards import storage
 from shards.common import atomic_write_bytes
 from shards.errors import escape_path
 from shards.info import INFO_NAME
@@ -35,9 +36,12 @@ INFO_TEMP_PATTERN = re.compile(r"^\._info\.json\.[^./]+\.tmp$")
 _SHARD_TEMP = re.compile(r"^\.(?P<shard>.+\.tar)\.[^./]+\.tmp$")
 
 
-def owner_dir(out_dir: Path) -> Path:
-    """The data owner's private folder for a release: OUT.owner beside OUT."""
-    out_dir = Path(out_dir)
+def owner_dir(out_dir: Path | str) -> Path:
+    """The data owner's private folder for a release: OUT.owner beside OUT; for a URL OUT
+    (a store), a local folder under $PATCHVEIL_OWNER_DIR (`shards.storage.owner_dir_for_url`)."""
+    out_dir = storage.location(out_dir)
+    if isinstance(out_dir, str):
+        return storage.owner_dir_for_url(out_dir)
     return out_dir.parent / f"{out_dir.name}.owner"
 
 
@@ -56,10 +60,16 @@ def own_leftovers(out_dir: Path, shard_names: Iterable[str]) -> list[Path]:
     the first other entry (by name: a dot-file, a folder, a link, a shard of another plan)
     raises InputError naming it, before anything is removed.
     """
-    out_dir = Path(out_dir)
+    out_dir = storage.location(out_dir)
+    names = set(shard_names)
+    if isinstance(out_dir, str):  # a store: whole objects only, so no temp files; refuse strays
+        for name, _ in storage.list_names(out_dir):
+            if name not in names and name not in (MANIFEST_NAME, INFO_NAME):
+                raise InputError(escape_path(f"{out_dir}/{name}"), "an object that is not part of this job; "
+                                 "--resume changes nothing while OUT holds anything but the job's own shards")
+        return []
     if not out_dir.is_dir():
         return []
-    names = set(shard_names)
     leftovers = []
     for entry in sorted(out_dir.iterdir(), key=lambda p: p.name):
         name = entry.name
@@ -77,6 +87,16 @@ def own_leftovers(out_dir: Path, shard_names: Iterable[str]) -> list[Path]:
                                                   "nothing while OUT holds anything but the job's own shards "
                                                   "(move it out of OUT)")
     return leftovers
+
+
+def _has_digest(shard, entry: ShardEntry) -> bool:
+    """The shard (local or in a store) exists with the journaled size and sha256."""
+    if isinstance(shard, Path):
+        return shard.is_file() and shard.stat().st_size == entry.bytes and sha256_file(shard) == entry.sha256
+    try:
+        return storage.size(shard) == entry.bytes and storage.sha256(shard) == entry.sha256
+    except (FileNotFoundError, IsADirectoryError):
+        return False
 
 
 class Journal:
@@ -111,8 +131,8 @@ class Journal:
                 entry = ShardEntry(**rec["entry"])
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # a line torn by a kill: that shard is simply redone
-            shard = Path(out_dir) / entry.name
-            if shard.is_file() and shard.stat().st_size == entry.bytes and sha256_file(shard) == entry.sha256:
+            shard = storage.join(out_dir, entry.name)
+            if _has_digest(shard, entry):
                 journal.finished[entry.name] = (entry, [Skipped(**s) for s in rec.get("skipped", [])])
         return journal
 

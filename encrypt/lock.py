@@ -23,6 +23,7 @@ from pathlib import Path
 
 from encrypt.journal import owner_dir
 from encrypt.sources import InputError
+from shards import storage
 
 LOCK_NAME = "lock"
 
@@ -30,7 +31,7 @@ LOCK_NAME = "lock"
 @contextlib.contextmanager
 def release_lock(out_dir: Path) -> Iterator[Path]:
     """Hold OUT's lock, or raise InputError (exit 2) naming OUT when another job holds it."""
-    out_dir = Path(out_dir)
+    out_dir = storage.location(out_dir)  # a URL stays one (its lock is in a local owner folder)
     private = owner_dir(out_dir)
     path = private / LOCK_NAME
     for _ in range(100):  # only a holder unlinking at that very moment makes us go round
@@ -73,7 +74,7 @@ def holds_release(fn):
     @functools.wraps(fn)
     def locked(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
-        out_dir, keystore = Path(bound.arguments["out_dir"]), bound.arguments["keystore"]
+        out_dir, keystore = storage.location(bound.arguments["out_dir"]), bound.arguments["keystore"]
         with release_lock(out_dir):
             from encrypt.forget import recover  # forget imports this module
 

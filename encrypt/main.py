@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import time
 import warnings
@@ -26,6 +27,7 @@ from encrypt.plan import JobSettings, plan_shards
 from encrypt.sources import InputError, Skipped, SourceListing, display_path
 from keys.index import save_index
 from shards.console import progress_bar
+from shards import storage
 from shards.common import atomic_write_bytes, fsync_directory
 from shards.info import INFO_NAME, info_bytes, info_sha256
 from shards.manifest import Manifest
@@ -61,8 +63,20 @@ class JobSummary:
 
 def check_out_dir(out_dir: Path, src_dirs: list[Path], resume: bool) -> None:
     """OUT must not sit inside the source and must be new unless resuming."""
+    if storage.is_url(out_dir):  # a store: no folders to resolve; it must hold nothing yet
+        out_url = str(storage.location(out_dir)) + "/"
+        for src in src_dirs:
+            src_url = str(storage.location(src)).rstrip("/") + "/"
+            if storage.is_url(src) and (out_url == src_url or out_url.startswith(src_url)):
+                raise InputError(f"{out_dir}: output location is inside the source {src}")
+        if storage.list_names(out_dir) and not resume:
+            raise InputError(f"{out_dir}: output location is not empty (use --resume to continue an "
+                             "interrupted job)")
+        return
     out = Path(out_dir).resolve()
     for src in src_dirs:
+        if storage.is_url(src):  # a source in a store cannot hold a local OUT
+            continue
         src = Path(src).resolve()
         if out == src or src in out.parents:
             raise InputError(f"{out_dir}: output folder is inside the source folder {src}")
@@ -110,7 +124,8 @@ def _probe(path: Path, min_side: int) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:  # lazy: reads the header, decodes no pixel
+            source = io.BytesIO(storage.read_bytes(path)) if isinstance(path, str) else path  # a store URL
+            with Image.open(source) as img:  # lazy: reads the header, decodes no pixel
                 w, h = img.size
     except Exception as exc:  # noqa: BLE001 - whatever stops Pillow here stops the job's decode too
         return f"unreadable image header ({type(exc).__name__})"
@@ -200,12 +215,14 @@ def _discard_outputs(out_dir: Path, tasks, journal: Journal, created_out: bool) 
     A release signed before (OUT/manifest.json, a finished job resumed) is left as it is:
     the shards rewritten now have the bytes it signed.
     """
-    if (out_dir / "manifest.json").exists():
+    if storage.exists(storage.join(out_dir, "manifest.json")):
         return
     for task in tasks:
-        (out_dir / task.name).unlink(missing_ok=True)
-    (out_dir / INFO_NAME).unlink(missing_ok=True)  # a crash after it, before the manifest
+        storage.remove(storage.join(out_dir, task.name))
+    storage.remove(storage.join(out_dir, INFO_NAME))  # a crash after it, before the manifest
     journal.discard()
+    if isinstance(out_dir, str):  # a store: no folder to sync or remove
+        return
     fsync_directory(out_dir)
     if created_out:
         try:
@@ -230,14 +247,14 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
     without images). A resumed job removes only its own temp files and refuses an OUT
     holding anything else.
     """
-    out_dir = Path(out_dir)
+    out_dir = storage.location(out_dir)  # a URL stays a URL: shards are uploaded, manifest last
     max_skipped_fraction = check_max_skipped_fraction(max_skipped_fraction)
     start = time.perf_counter()
     private = owner_dir(out_dir)
     journal_path = private / "journal.jsonl"
     resuming = resume and journal_path.exists()
-    created_out = not out_dir.exists()
-    if not resuming and not created_out and any(out_dir.iterdir()):
+    created_out = not storage.exists(out_dir)
+    if not resuming and not created_out and storage.list_names(out_dir):
         raise InputError(out_dir, f"output folder is not empty and has no job journal in {private}")
     ray_address = cluster_address(ray_address)  # RAY_ADDRESS when none is given, as Ray does
     ray_runtime_env = load_runtime_env(ray_runtime_env)
@@ -254,7 +271,7 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
             leftover.unlink()
     else:
         journal = Journal.start(journal_path, fingerprint)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(out_dir)
     todo = [t for t in tasks if t.name not in journal.finished]
     resumed = len(tasks) - len(todo)
 
@@ -293,6 +310,7 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
         raise JobRefused(out_dir, f"refused, nothing signed or logged: {line}; the list is in {report}",
                          written=images_by_split, skipped=dict(reasons), report=report)
 
+    _confirm_shards(out_dir, splits)  # through OUT's own filesystem: no shared-disk assumption
     keystore.dataset_key(dataset_id)  # logs dataset-derived the first time, before used-for-job
     save_index(keystore, dataset_id, _index_entries(tasks, skipped))
     manifest = Manifest(
@@ -304,8 +322,8 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
     )
     info = info_bytes(manifest)  # timm's split list, signed through its digest
     manifest = dataclasses.replace(manifest, info_sha256=info_sha256(info)).signed(keystore.sign, keystore.public_key)
-    atomic_write_bytes(out_dir / INFO_NAME, info)
-    manifest.save(out_dir / "manifest.json")
+    storage.write_bytes(storage.join(out_dir, INFO_NAME), info)
+    manifest.save(storage.join(out_dir, "manifest.json"))  # last: a release is what it lists
     digest = manifest.digest()
     images = sum(e.samples for entries in splits.values() for e in entries)
     keystore.log("used-for-job", {"dataset_id": dataset_id, "key_id": dataset_key.dataset_key_id,
@@ -320,6 +338,27 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
     _write_private(private / "summary.json", summary.to_json())
     _write_private(private / "skipped.json", skipped_json)
     return summary
+
+
+def _confirm_shards(out_dir, splits: dict[str, list]) -> None:
+    """Every shard a worker reported is in OUT at its size, before anything is signed.
+
+    A worker on another node writing to its own disk (a local OUT on a cluster) would
+    otherwise yield a signed manifest listing shards that are not there."""
+    absent = []
+    for entries in splits.values():
+        for entry in entries:
+            try:
+                ok = storage.size(storage.join(out_dir, entry.name)) == entry.bytes
+            except OSError:
+                ok = False
+            if not ok:
+                absent.append(entry.name)
+    if absent:
+        raise InputError(out_dir, f"{len(absent)} shard(s) the workers reported are not in OUT at their size "
+                                  f"({absent[0]}{', ...' if len(absent) > 1 else ''}); nothing signed. On a "
+                                  "cluster OUT must be a location every node writes to: a shared folder or a "
+                                  "store URL (s3://...)")
 
 
 def _index_entries(tasks, skipped: list[Skipped]) -> dict[str, dict]:

@@ -19,6 +19,7 @@ import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shards import storage
 from shards.errors import PatchveilError, escape_path
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
@@ -35,7 +36,7 @@ class SourceItem:
 
     split: str
     rel_path: str
-    path: Path
+    path: Path | str  # a local file, or a store URL (read through shards.storage)
     label: int | None = None
     annotation: dict | None = None  # COCO: {"image_id", "width", "height", "objects": [...]}
 
@@ -130,6 +131,8 @@ def list_imagefolder(src: Path, split: str | None = None) -> SourceListing:
     Classes are the sorted union of class folder names over all splits, so a label index
     means the same class in every split.
     """
+    if storage.is_url(src):
+        return _list_imagefolder_url(storage.location(src), split)
     src = Path(src)
     if not src.exists():
         raise InputError(f"{src}: source folder does not exist")
@@ -151,6 +154,61 @@ def list_imagefolder(src: Path, split: str | None = None) -> SourceListing:
     for split_name, dirs in layout.items():
         for d in dirs:
             _walk_class_folder(src, split_name, d, class_names.index(display_path(d.name)), items, skipped)
+    if not items:
+        raise InputError(f"{src}: no image files found")
+    return SourceListing(items, skipped, class_names, splits=list(layout))
+
+
+def _walk_order(rel: str) -> tuple:
+    """os.walk's order with sorted names: a folder's files first, then each sub-folder in turn."""
+    *folders, name = rel.split("/")
+    return (*((1, d) for d in folders), (0, name))
+
+
+def _list_imagefolder_url(src: str, split: str | None) -> SourceListing:
+    """`list_imagefolder` for a store URL, from one recursive listing: the same items, labels,
+    order and skip reasons as for the same tree on disk (so the same release)."""
+    try:
+        files = storage.find_files(src)
+    except FileNotFoundError:
+        files = []
+    except OSError as exc:
+        raise InputError(src, f"cannot list the source ({_os_reason(exc)})") from None
+    if not files:
+        raise InputError(f"{src}: source folder does not exist (or holds no file)")
+    tops = {f.split("/")[0] for f in files if "/" in f and not f.startswith(".")}
+    splits = sorted(t for t in tops if t in KNOWN_SPLITS)
+    layout: dict[str, dict[str, list[str]]] = {}  # split -> class folder (relative) -> files
+    for rel in files:
+        parts = rel.split("/")
+        if splits and split is None:
+            if parts[0] not in splits or len(parts) < 3 or parts[1].startswith("."):
+                continue
+            name, folder = parts[0], "/".join(parts[:2])
+        else:
+            if len(parts) < 2 or parts[0].startswith("."):
+                continue
+            name, folder = split or "train", parts[0]
+        layout.setdefault(name, {}).setdefault(folder, []).append(rel)
+    if splits and split is None:
+        layout = {s: layout.get(s, {}) for s in splits}
+    class_names = sorted({display_path(folder.rsplit("/", 1)[-1]) for dirs in layout.values() for folder in dirs})
+    if not class_names:
+        raise InputError(f"{src}: no class folders found (expected SRC/[split/]class/image)")
+    items: list[SourceItem] = []
+    skipped: list[Skipped] = []
+    for split_name, dirs in layout.items():
+        for folder in sorted(dirs, key=lambda f: f.rsplit("/", 1)[-1]):
+            label = class_names.index(display_path(folder.rsplit("/", 1)[-1]))
+            found = 0
+            for rel in sorted(dirs[folder], key=lambda r: _walk_order(r[len(folder) + 1:])):
+                if not _is_image_name(rel):
+                    skipped.append(Skipped(split_name, rel, "not an image file (extension)"))
+                    continue
+                items.append(SourceItem(split_name, rel, storage.join(src, rel), label))
+                found += 1
+            if not found:
+                skipped.append(Skipped(split_name, folder + "/", "empty class folder"))
     if not items:
         raise InputError(f"{src}: no image files found")
     return SourceListing(items, skipped, class_names, splits=list(layout))
@@ -192,7 +250,7 @@ def _coco_categories(raw: list, annotations: Path, split: str, skipped: list[Ski
     for c in raw:
         cid = _coco_int(c.get("id")) if isinstance(c, dict) else None
         if cid is None:
-            skipped.append(Skipped(split, annotations.name, f"malformed category entry {display_path(repr(c))[:60]} "
+            skipped.append(Skipped(split, storage.name_of(annotations), f"malformed category entry {display_path(repr(c))[:60]} "
                                    "(needs an integer id); annotations of it are dropped", whole_sample=False))
             continue
         if cid in categories:
@@ -234,11 +292,19 @@ def list_coco(images: Path, annotations: Path, split: str = "train") -> SourceLi
     - an image id listed for two or more entries, or one file listed under two or more entries:
       every such entry is skipped (the boxes could belong to either), nothing is merged.
     """
-    images, annotations = Path(images), Path(annotations)
-    if not images.is_dir():
+    images, annotations = storage.location(images), storage.location(annotations)  # folders or URLs
+    present = None  # a store: the image folder's files from one listing, not a request per image
+    if isinstance(images, str):
+        try:
+            present = set(storage.find_files(images))
+        except FileNotFoundError:
+            present = set()
+        if not present:
+            raise InputError(f"{images}: image folder does not exist")
+    elif not images.is_dir():
         raise InputError(f"{images}: image folder does not exist")
     try:
-        data = json.loads(annotations.read_text())
+        data = json.loads(storage.read_bytes(annotations).decode("utf-8"))
     except FileNotFoundError:
         raise InputError(f"{annotations}: annotation file does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -246,7 +312,7 @@ def list_coco(images: Path, annotations: Path, split: str = "train") -> SourceLi
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
         raise InputError(f"{annotations}: not a COCO detection file (needs images, annotations, categories lists)")
     skipped: list[Skipped] = []
-    ann_file = annotations.name
+    ann_file = storage.name_of(annotations)
     categories = _coco_categories(data["categories"], annotations, split, skipped)
     known_cats = {c["id"] for c in categories}
 
@@ -318,8 +384,8 @@ def list_coco(images: Path, annotations: Path, split: str = "train") -> SourceLi
             skip_image(norm, f"{shown} is listed {len(ids_of_name[norm])} times (image ids {ids}); "
                              "its boxes would be ambiguous, so no entry of it is used")
             continue
-        path = images / norm
-        if not path.is_file():
+        path = storage.join(images, norm)
+        if not (norm in present if present is not None else path.is_file()):
             skip_image(norm, "image listed in annotations is missing")
             continue
         items.append(SourceItem(split, norm, path, None, {

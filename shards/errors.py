@@ -19,6 +19,7 @@ EXTRA_OF_MODULE = {
     "ray": "encrypt",
     "torch": "train", "torchvision": "train", "timm": "train", "pycocotools": "train",
     "scipy": "audit", "skimage": "audit",
+    "s3fs": "s3",
 }
 
 

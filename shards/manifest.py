@@ -29,6 +29,7 @@ from typing import Any
 # shards.common; they stay importable from here for the packages that import them so.
 from shards.common import (SHARD_NAME_PATTERN, DatasetKeyID, SPLIT_PATTERN, atomic_write_bytes, b64decode_canonical,  # noqa: F401
                            b64encode, canonical_json, fsync_directory)
+from shards import storage
 from shards.errors import ContractError
 from shards.modes import GeometryError, Mode, mode_of
 from shards.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Sign, verify_signature
@@ -493,15 +494,14 @@ class Manifest:
     def save(self, path: str | os.PathLike) -> None:
         """Write the manifest as readable JSON, atomically (temp file, fsync, rename)."""
         text = json.dumps(self.to_dict(), sort_keys=True, indent=2, ensure_ascii=True, allow_nan=False)
-        atomic_write_bytes(Path(path), (text + "\n").encode("ascii"))
+        storage.write_bytes(storage.location(path), (text + "\n").encode("ascii"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Manifest:
         """Read and validate a manifest file (the signature is checked by verify())."""
-        path = Path(path)
+        path = storage.location(path)
         try:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_MANIFEST_BYTES + 1)
+            raw = storage.read_bytes(path, MAX_MANIFEST_BYTES + 1)
         except FileNotFoundError:
             raise ManifestError(f"{path}: not found") from None
         except IsADirectoryError:
@@ -540,7 +540,7 @@ class Manifest:
 
     def shard_paths(self, out_dir: str | os.PathLike, split: str) -> list[Path]:
         """Paths of a split's shards in manifest order (names are validated: no path tricks)."""
-        return [Path(out_dir) / e.name for e in self.entries(split)]
+        return [storage.join(out_dir, e.name) for e in self.entries(split)]
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Collection, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from shards import storage
 from shards.errors import ContractError
 from shards.info import INFO_NAME, info_problems
 from shards.manifest import MANIFEST_NAME, CipherSpec, Manifest, ManifestError, ShardEntry
@@ -63,7 +64,7 @@ def load_manifest(out_dir: str | os.PathLike, public_key: bytes | None = None) -
     Pass the data owner's public key; with None only the key named inside the manifest is
     used, which proves integrity but not who signed (see Manifest.verify).
     """
-    path = Path(out_dir) / MANIFEST_NAME
+    path = storage.join(out_dir, MANIFEST_NAME)
     manifest = Manifest.load(path)
     try:
         manifest.verify(public_key)
@@ -136,15 +137,16 @@ def _decode_sample(raw: dict[str, Any], shard: str, cipher: CipherSpec | None,
 
 # -- the strict tar reader -----------------------------------------------------------------
 
-def _iter_tar(path: Path, read_data: bool = True) -> Iterator[dict[str, Any]]:
+def _iter_tar(path: storage.Location, read_data: bool = True) -> Iterator[dict[str, Any]]:
     """Group a shard's members into samples; members of one sample must be adjacent.
 
     Python's tarfile stops quietly at a corrupt header; here whatever follows the last
     header must be the all-zero end of the archive, or the shard is reported as corrupt.
+    A shard in a store is read through `storage.open_read` (seekable ranged reads).
     """
-    name = path.name
+    name = storage.name_of(path)
     try:
-        f = open(path, "rb")
+        f = storage.open_read(path)
     except FileNotFoundError:
         raise ShardError(f"{name}: missing") from None
     except OSError as e:
@@ -188,7 +190,7 @@ def _iter_tar(path: Path, read_data: bool = True) -> Iterator[dict[str, Any]]:
 
 def count_samples(path: str | os.PathLike) -> int:
     """Samples in a shard (headers only), with the same strictness as iter_samples."""
-    return sum(1 for _ in _iter_tar(Path(path), read_data=False))
+    return sum(1 for _ in _iter_tar(storage.location(path), read_data=False))
 
 
 def iter_samples(out_dir: str | os.PathLike, split: str, manifest: Manifest | None = None, *,
@@ -203,7 +205,7 @@ def iter_samples(out_dir: str | os.PathLike, split: str, manifest: Manifest | No
     for path in manifest.shard_paths(out_dir, split):
         for raw in _iter_tar(path):
             if only is None or raw["__key__"] in only:
-                yield _decode_sample(raw, path.name, manifest.cipher, manifest.num_classes)
+                yield _decode_sample(raw, storage.name_of(path), manifest.cipher, manifest.num_classes)
 
 
 # -- the training stream -------------------------------------------------------------------
@@ -212,14 +214,14 @@ def _shard_samples(shards: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]
     """webdataset stage: `{"url": path}` items in, the samples of each shard out (`__url__` set)."""
     for shard in shards:
         url = shard["url"]
-        for sample in _iter_tar(Path(url)):
+        for sample in _iter_tar(storage.location(url)):
             sample["__url__"] = url
             yield sample
 
 
 def _to_tuple(raw: dict[str, Any], cipher: CipherSpec, num_classes: int,
               decode: bool) -> tuple[Any, int | None, dict | None]:
-    shard = Path(str(raw.get("__url__", "?"))).name
+    shard = storage.name_of(storage.location(str(raw.get("__url__", "?"))))
     sample = _decode_sample(raw, shard, cipher, num_classes, decode)
     return sample.image, sample.label, sample.meta
 
@@ -264,7 +266,7 @@ def webdataset_pipeline(
     manifest = manifest if manifest is not None else load_manifest(out_dir)
     entries = manifest.entries(split)
     if check_digests:
-        problems = [p for e in entries for p in _check_entry(Path(out_dir), e, True)]
+        problems = [p for e in entries for p in _check_entry(storage.location(out_dir), e, True)]
         if problems:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             raise ShardError(problems[0] + more)
@@ -294,23 +296,29 @@ def webdataset_pipeline(
 
 # -- checking files against the manifest ---------------------------------------------------
 
-def _check_entry(out_dir: Path, entry: ShardEntry, check_digests: bool) -> list[str]:
-    path = out_dir / entry.name
+def _check_entry(out_dir: storage.Location, entry: ShardEntry, check_digests: bool) -> list[str]:
+    path = storage.join(out_dir, entry.name)
     try:
-        st = path.stat()
+        if isinstance(path, Path):
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):
+                return [f"{entry.name}: not a regular file"]
+            size = st.st_size
+        else:
+            size = storage.size(path)
     except FileNotFoundError:
         return [f"{entry.name}: missing"]
+    except IsADirectoryError:
+        return [f"{entry.name}: not a regular file"]
     except OSError as e:
         return [f"{entry.name}: cannot be read ({e.strerror})"]
-    if not stat.S_ISREG(st.st_mode):
-        return [f"{entry.name}: not a regular file"]
     problems = []
-    if st.st_size != entry.bytes:
-        problems.append(f"{entry.name}: size {st.st_size} bytes, the manifest says {entry.bytes}")
+    if size != entry.bytes:
+        problems.append(f"{entry.name}: size {size} bytes, the manifest says {entry.bytes}")
     if not check_digests:
         return problems
     try:
-        digest = sha256_file(path)
+        digest = sha256_file(path) if isinstance(path, Path) else storage.sha256(path)
     except OSError as e:
         return problems + [f"{entry.name}: cannot be read ({e.strerror})"]
     if digest != entry.sha256:
@@ -333,8 +341,8 @@ def verify_shards(out_dir: str | os.PathLike, manifest: Manifest, *, check_diges
     interrupted write, or any other file is reported. An empty list means all is well.
     It does not check the signature: load_manifest / Manifest.verify do.
     """
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
+    out_dir = storage.location(out_dir)
+    if isinstance(out_dir, Path) and not out_dir.is_dir():
         return [f"{out_dir}: not a directory"]
     problems: list[str] = []
     listed = {MANIFEST_NAME}
@@ -343,26 +351,26 @@ def verify_shards(out_dir: str | os.PathLike, manifest: Manifest, *, check_diges
             listed.add(entry.name)
             problems += _check_entry(out_dir, entry, check_digests)
     if manifest.info_sha256 is not None:
-        problems += _check_info(out_dir / INFO_NAME, manifest)
-    for path in sorted(out_dir.iterdir()):
-        if path.name in listed or (path.name == INFO_NAME and manifest.info_sha256 is not None):
+        problems += _check_info(storage.join(out_dir, INFO_NAME), manifest)
+    for name, _ in storage.list_names(out_dir):
+        if name in listed or (name == INFO_NAME and manifest.info_sha256 is not None):
             continue
-        if TEMP_PATTERN.match(path.name):
-            problems.append(f"{path.name}: temporary file left by an interrupted write")
-        elif path.suffix.lower() == ".tar":
-            problems.append(f"{path.name}: shard present but not listed in the manifest")
+        if TEMP_PATTERN.match(name):
+            problems.append(f"{name}: temporary file left by an interrupted write")
+        elif name.lower().endswith(".tar"):
+            problems.append(f"{name}: shard present but not listed in the manifest")
         else:
-            problems.append(f"{path.name}: not part of the release "
+            problems.append(f"{name}: not part of the release "
                             f"(only manifest.json, {INFO_NAME} when signed, and listed shards belong)")
     return problems
 
 
-def _check_info(path: Path, manifest: Manifest) -> list[str]:
+def _check_info(path: storage.Location, manifest: Manifest) -> list[str]:
     """The signed `_info.json` (timm's split list) is there, a regular file, as signed."""
     try:
-        if not stat.S_ISREG(path.lstat().st_mode):
+        if isinstance(path, Path) and not stat.S_ISREG(path.lstat().st_mode):
             return [f"{INFO_NAME}: not a regular file"]
-        data = path.read_bytes()
+        data = storage.read_bytes(path)
     except FileNotFoundError:
         return [f"{INFO_NAME}: missing (the manifest signs one)"]
     except OSError as e:

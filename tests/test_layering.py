@@ -13,7 +13,7 @@ STDLIB = set(sys.stdlib_module_names)
 # package -> top-level imports it may use besides the stdlib and itself
 ALLOWED = {
     "keys": {"cryptography", "click", "shards"},
-    "shards": {"numpy", "PIL", "webdataset", "cryptography", "click", "tqdm"},
+    "shards": {"numpy", "PIL", "webdataset", "cryptography", "click", "tqdm", "fsspec"},  # fsspec: storage only
     "encrypt": {"keys", "shards", "numpy", "PIL", "ray", "click", "tqdm"},
     "train": {"shards", "torch", "timm", "webdataset", "numpy", "PIL", "scipy", "pycocotools",
               "click", "tqdm", "torchvision", "safetensors", "huggingface_hub"},  # the last two: timm's own

@@ -59,7 +59,9 @@ def _option(f: dataclasses.Field) -> Any:
     meta = f.metadata
     kwargs: dict[str, Any] = {"help": meta["help"] or None, "metavar": meta["metavar"]}
     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-        kwargs.update(required=True, type=click.Path(path_type=Path) if meta["path"] else str)
+        # --shards may be a store URL (s3://...), which click.Path would turn into a local folder.
+        path_type = str if f.name == "shards" else click.Path(path_type=Path)
+        kwargs.update(required=True, type=path_type if meta["path"] else str)
     elif f.default_factory is not dataclasses.MISSING:  # a dict: repeatable KEY=VALUE
         kwargs.update(multiple=True)
     elif isinstance(f.default, bool):
@@ -182,15 +184,15 @@ def detect(ctx: click.Context, **options: Any) -> None:
 
 
 @cli.command()
-@click.option("--shards", required=True, type=click.Path(path_type=Path), metavar="OUT",
-              help="Release folder (manifest.json + shards).")
+@click.option("--shards", required=True, metavar="OUT",
+              help="Release folder or store URL, e.g. s3://bucket/release (manifest.json + shards).")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), metavar="RUN/best.pt",
               help="A checkpoint written by classify or detect (best.pt or last.pt).")
 @click.option("--split", default="val", show_default=True)
 @click.option("--batch-size", type=int, help="Default: the training batch size.")
 @click.option("--workers", default=2, show_default=True)
 @click.option("--verify-digests", is_flag=True, help="Hash every shard against the manifest first.")
-def evaluate(shards: Path, checkpoint: Path, split: str, batch_size: int | None, workers: int,
+def evaluate(shards: str, checkpoint: Path, split: str, batch_size: int | None, workers: int,
              verify_digests: bool) -> None:
     """Score a checkpoint on a split: prints one JSON line (top-1/top-5, or COCO mAP for detection).
 

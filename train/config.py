@@ -56,7 +56,8 @@ def _out_of_bounds(value: Any, bounds: tuple) -> str | None:
 class RunConfig:
     """What every training run is made of, whatever the task."""
 
-    shards: str = setting(help="Release folder (manifest.json + shards) from encrypt-dataset.", metavar="OUT",
+    shards: str = setting(help="Release folder or store URL (s3://bucket/release): manifest.json + shards "
+                               "from encrypt-dataset.", metavar="OUT",
                           path=True, resumable=True)
     out: str = setting(help="Run folder: config.json, metrics.jsonl, last.pt, best.pt.", metavar="RUN", path=True,
                        resumable=True)

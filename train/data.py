@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shards import storage
 from shards.errors import first_line
 from shards.manifest import CipherSpec, Manifest, ManifestError
 from shards.reader import ShardError, load_manifest, verify_shards, webdataset_pipeline
@@ -63,7 +64,7 @@ def token_tile(cipher: CipherSpec) -> int:
 class Release:
     """A release opened for training: its folder and its verified manifest."""
 
-    root: Path
+    root: Path | str  # a local folder, or a store URL
     manifest: Manifest
 
     @property
@@ -92,20 +93,20 @@ def open_release(root: str | os.PathLike, splits: Sequence[str] = ("train",), *,
     With `verify_digests`: `shards.reader.verify_shards` on the whole release (sha256, sample
     counts, no stray files). Raises ManifestError or ShardError with one line naming the file.
     """
-    root = Path(root)
+    root = storage.location(root)  # a folder or a store URL (s3://...), read through fsspec
     manifest = load_manifest(root, public_key)
     if manifest.task != task:
-        raise ManifestError(f"{root / 'manifest.json'}: a {manifest.task} release; "
+        raise ManifestError(f"{storage.join(root, 'manifest.json')}: a {manifest.task} release; "
                             f"{task} needs a {task} release")
     for split in splits:
         try:
             entries = manifest.entries(split)
         except ManifestError as e:
-            raise ManifestError(f"{root / 'manifest.json'}: {e}") from None
+            raise ManifestError(f"{storage.join(root, 'manifest.json')}: {e}") from None
         for entry in entries:
-            path = root / entry.name
+            path = storage.join(root, entry.name)
             try:
-                size = path.stat().st_size
+                size = storage.size(path)
             except FileNotFoundError:
                 raise ShardError(f"{path}: missing (listed in the manifest)") from None
             except OSError as e:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from shards.manifest import CipherSpec, Manifest, ManifestError
+from shards import storage
 from shards.reader import ShardError
 from train.box_ops import pixels_to_normalized
 from train.data import Release, ShardLoader, channel_stats, open_release, stack_images
@@ -88,7 +89,7 @@ def open_detection_release(root: str | os.PathLike, splits: Sequence[str] = ("tr
     """
     release = open_release(root, splits, public_key=public_key, verify_digests=verify_digests,
                            task="detection")
-    where = release.root / "manifest.json"
+    where = storage.join(release.root, "manifest.json")
     if not release.cipher.facts.keeps_positions:
         raise ManifestError(f"{where}: cipher {release.cipher.mode} moves patches, so boxes "
                             "cannot be learned; detection reads mix or none releases")
