@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from encrypt.confirm import confirm_present, confirm_shard, sweep_temps
 from encrypt.distribute import check_address, cluster_address, load_runtime_env, run_shards
 from encrypt.journal import Journal, make_owner_dir, own_leftovers, owner_dir
 from encrypt.lock import holds_release
@@ -204,6 +205,7 @@ def _discard_outputs(out_dir: Path, tasks, journal: Journal, created_out: bool) 
         return
     for task in tasks:
         (out_dir / task.name).unlink(missing_ok=True)
+    sweep_temps(out_dir, [task.name for task in tasks])
     (out_dir / INFO_NAME).unlink(missing_ok=True)  # a crash after it, before the manifest
     journal.discard()
     fsync_directory(out_dir)
@@ -263,7 +265,11 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
     written = [0]
     peak_rss = [0.0]
 
+    node_of: dict[str, str] = {}
+
     def on_result(result) -> None:
+        confirm_shard(out_dir, result.entry, result.node)  # before it is journaled, let alone signed
+        node_of[result.entry.name] = result.node
         journal.record(result.entry, result.skipped)
         written[0] += result.entry.samples
         peak_rss[0] = max(peak_rss[0], result.peak_rss_mb)
@@ -293,6 +299,7 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
         raise JobRefused(out_dir, f"refused, nothing signed or logged: {line}; the list is in {report}",
                          written=images_by_split, skipped=dict(reasons), report=report)
 
+    _settle(out_dir, splits, node_of)
     keystore.dataset_key(dataset_id)  # logs dataset-derived the first time, before used-for-job
     save_index(keystore, dataset_id, _index_entries(tasks, skipped))
     manifest = Manifest(
@@ -320,6 +327,13 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
     _write_private(private / "summary.json", summary.to_json())
     _write_private(private / "skipped.json", skipped_json)
     return summary
+
+
+def _settle(out_dir: Path, splits: dict[str, list], node_of: dict[str, str]) -> None:
+    """Before signing: every shard still as confirmed, and no temp file of a killed attempt left."""
+    entries = [e for entries in splits.values() for e in entries]
+    confirm_present(out_dir, entries, node_of)
+    sweep_temps(out_dir, [e.name for e in entries])
 
 
 def _index_entries(tasks, skipped: list[Skipped]) -> dict[str, dict]:
