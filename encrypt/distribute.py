@@ -162,6 +162,24 @@ def _task_error(ray, exc: BaseException, task: ShardTask, out_dir: Path) -> Shar
     return ShardTaskError(shard, f"shard task failed ({type(exc).__name__}: {first_line(exc)[:300]})")
 
 
+def node_label(ray) -> str:
+    """This worker's node as a person finds it in `ray status`/`ray list nodes`: IP and node id."""
+    return f"{ray.util.get_node_ip_address()} (node id {ray.get_runtime_context().get_node_id()})"
+
+
+def shard_task(task: ShardTask, settings: JobSettings, dataset_key, out_dir: str) -> ShardResult:
+    """The Ray task: one shard, tagged with the node that wrote it.
+
+    The driver reads every shard back before it signs; when it cannot see one, the node named
+    here is where the bytes went (a node-local OUT instead of a shared one).
+    """
+    import ray
+
+    result = encrypt_shard(task, settings, dataset_key, out_dir)
+    result.node = node_label(ray)
+    return result
+
+
 def _run_in_process(tasks: Iterable[ShardTask], settings: JobSettings, dataset_key, out_dir: Path) -> Iterator[ShardResult]:
     for task in tasks:
         yield encrypt_shard(task, settings, dataset_key, out_dir)
@@ -177,7 +195,7 @@ def _run_on_ray(tasks: list[ShardTask], settings: JobSettings, dataset_key, out_
         _init_ray(ray, workers, address, runtime_env)
     try:
         (say or _stderr)(cluster_line(ray, address))
-        remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(encrypt_shard)
+        remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(shard_task)
         settings_ref, key_ref = ray.put(settings), ray.put(dataset_key)
         task_of = {}
         for task in tasks:

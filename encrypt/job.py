@@ -33,6 +33,7 @@ class ShardResult:
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
     peak_rss_mb: float = 0.0  # of the worker process that wrote the shard
+    node: str = ""  # where it was written ("" in-process): a shard the driver cannot see names it
 
 
 def prepare_sample(sample: PlannedSample, settings: JobSettings, dataset_key) -> tuple[np.ndarray, dict | None, list[str]]:

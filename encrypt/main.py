@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from encrypt.confirm import confirm_present, confirm_shard, sweep_temps
 from encrypt.distribute import check_address, cluster_address, load_runtime_env, run_shards
 from encrypt.journal import Journal, make_owner_dir, own_leftovers, owner_dir
 from encrypt.lock import holds_release
@@ -219,6 +220,7 @@ def _discard_outputs(out_dir: Path, tasks, journal: Journal, created_out: bool) 
         return
     for task in tasks:
         storage.remove(storage.join(out_dir, task.name))
+    sweep_temps(out_dir, [task.name for task in tasks])
     storage.remove(storage.join(out_dir, INFO_NAME))  # a crash after it, before the manifest
     journal.discard()
     if isinstance(out_dir, str):  # a store: no folder to sync or remove
@@ -280,7 +282,11 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
     written = [0]
     peak_rss = [0.0]
 
+    node_of: dict[str, str] = {}
+
     def on_result(result) -> None:
+        confirm_shard(out_dir, result.entry, result.node)  # before it is journaled, let alone signed
+        node_of[result.entry.name] = result.node
         journal.record(result.entry, result.skipped)
         written[0] += result.entry.samples
         peak_rss[0] = max(peak_rss[0], result.peak_rss_mb)
@@ -310,7 +316,7 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
         raise JobRefused(out_dir, f"refused, nothing signed or logged: {line}; the list is in {report}",
                          written=images_by_split, skipped=dict(reasons), report=report)
 
-    _confirm_shards(out_dir, splits)  # through OUT's own filesystem: no shared-disk assumption
+    _settle(out_dir, splits, node_of)  # through OUT's own filesystem: no shared-disk assumption
     keystore.dataset_key(dataset_id)  # logs dataset-derived the first time, before used-for-job
     save_index(keystore, dataset_id, _index_entries(tasks, skipped))
     manifest = Manifest(
@@ -340,25 +346,11 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
     return summary
 
 
-def _confirm_shards(out_dir, splits: dict[str, list]) -> None:
-    """Every shard a worker reported is in OUT at its size, before anything is signed.
-
-    A worker on another node writing to its own disk (a local OUT on a cluster) would
-    otherwise yield a signed manifest listing shards that are not there."""
-    absent = []
-    for entries in splits.values():
-        for entry in entries:
-            try:
-                ok = storage.size(storage.join(out_dir, entry.name)) == entry.bytes
-            except OSError:
-                ok = False
-            if not ok:
-                absent.append(entry.name)
-    if absent:
-        raise InputError(out_dir, f"{len(absent)} shard(s) the workers reported are not in OUT at their size "
-                                  f"({absent[0]}{', ...' if len(absent) > 1 else ''}); nothing signed. On a "
-                                  "cluster OUT must be a location every node writes to: a shared folder or a "
-                                  "store URL (s3://...)")
+def _settle(out_dir, splits: dict[str, list], node_of: dict[str, str]) -> None:
+    """Before signing: every shard still as confirmed, and no temp file of a killed attempt left."""
+    entries = [e for entries in splits.values() for e in entries]
+    confirm_present(out_dir, entries, node_of)
+    sweep_temps(out_dir, [e.name for e in entries])
 
 
 def _index_entries(tasks, skipped: list[Skipped]) -> dict[str, dict]:
