@@ -93,9 +93,11 @@ def _walk_class_folder(root: Path, split: str, class_dir: Path, label: int,
                 rel = (Path(dirpath) / name).relative_to(root).as_posix()
                 skipped.append(Skipped(split, rel + "/", "symbolic link to a folder (not followed)"))
         dirnames.sort()
+        folder = Path(dirpath)
+        rel_folder = folder.relative_to(root).as_posix()  # once per folder: the walk's hot path
         for name in sorted(filenames):
-            path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
+            path = folder / name
+            rel = f"{rel_folder}/{name}"
             if not _is_image_name(name):
                 skipped.append(Skipped(split, rel, "not an image file (extension)"))
                 continue
