@@ -392,7 +392,7 @@ def section_corpus(args) -> dict:
     distractors = [resize_center_crop(p, 224, 224) for p in public_photos() if min(p.shape[:2]) >= 224]
     gallery = np.concatenate([victims, np.stack(distractors)])
     t0 = time.perf_counter()
-    public = public_corpus(args.corpus.split(","))
+    public = public_corpus(args.corpus.split(","), max_side=args.corpus_side)
     corpus = {"folders": args.corpus, "photos": len(public), "load_seconds": round(time.perf_counter() - t0, 1)}
     log(f"corpus: {corpus}")
     key = throwaway_key("bench-corpus")
@@ -420,6 +420,7 @@ def section_corpus(args) -> dict:
             tile = sub if mixing else patch
             stored, perms, _ = encrypt_row(victims, row, key, "val", patch, sub)
             model = train_position_attacker(public, tile, (side, side), args.corpus_steps, flip=True,
+                                             batch_size=args.corpus_batch,
                                              mixed_from_patch=patch if mixing else None)
             for name, refine in (("learned", False), ("learned + solver", True)):
                 placements = attack(model, stored, tile, (side, side), refine=refine)
@@ -434,7 +435,8 @@ def section_corpus(args) -> dict:
             continue
         elif "orient" in row and row.startswith("mix"):
             stored, perms, turns = encrypt_row(victims, row, key, "val", patch, sub)
-            model = train_turned_attacker(public, sub, side, args.corpus_steps, mixed_from_patch=patch, flip=True)
+            model = train_turned_attacker(public, sub, side, args.corpus_steps, mixed_from_patch=patch, flip=True,
+                                          batch_size=args.corpus_batch)
             placements, turn = turned_attack(model, stored)
             pictures = np.stack([draw(s_, p, t, sub) for s_, p, t in zip(stored, placements, turn)])
             out[row] = {"attack": "learned attacker with a turn head + deconvolution",
@@ -448,7 +450,7 @@ def section_corpus(args) -> dict:
         log(f"corpus {row}: {out[row]}")
     return {"data": "scikit-image astronaut, coffee, chelsea, rocket, immunohistochemistry at 224 px, patch 16, "
                     f"sub-patch 8; re-identified among them and {len(distractors)} skimage public photos",
-            "corpus": corpus, "steps": args.corpus_steps, "rows": out}
+            "corpus": corpus, "steps": args.corpus_steps, "batch_size": args.corpus_batch, "rows": out}
 
 
 # -- gallery: re-identification against public galleries, by pixels and by histogram -------
@@ -633,6 +635,9 @@ def main() -> None:
     parser.add_argument("--corpus", default="/usr/share/backgrounds,/usr/share/wallpapers",
                         help="comma-separated folders of public photos (corpus section)")
     parser.add_argument("--corpus-steps", type=int, default=600)
+    parser.add_argument("--corpus-batch", type=int, default=32)
+    parser.add_argument("--corpus-side", type=int, default=320,
+                        help="corpus photos shrunk to this shorter side (crops of 224 px cover 70-100 %%)")
     parser.add_argument("--galleries", default="10,50,200,1000", help="gallery sizes (gallery section)")
     parser.add_argument("--views", default="1,2,4", help="views per image (views section)")
     parser.add_argument("--results", type=Path, default=None,
