@@ -430,7 +430,8 @@ def section_corpus(args) -> dict:
                     "attack": name + (" + deconvolution" if mixing else ""),
                     "neighbour": round(float(np.mean([neighbour_accuracy(p, q, (side, side))
                                                       for p, q in zip(placements, perms)])), 4),
-                    "public_tile_accuracy": round(model.train_log.tile_accuracy, 4), **scores(recon, False)}
+                    "public_tile_accuracy": round(model.train_log.tile_accuracy, 4), **scores(recon, False),
+                    "seconds": round(time.perf_counter() - started, 1)}  # training included
                 log(f"corpus {row} ({name}): {out[f'{row} ({name})']}")
             continue
         elif "orient" in row and row.startswith("mix"):
