@@ -126,3 +126,92 @@ def reidentification(reconstructions: np.ndarray, originals: np.ndarray, labels:
     hits = np.argmax(correlation, axis=1) == np.arange(len(orig))
     class_sizes = same_class.sum(axis=1)
     return float(hits.mean()), float(np.mean(1.0 / class_sizes))
+
+
+def _standardised(x: np.ndarray) -> np.ndarray:
+    flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(flat, axis=1, keepdims=True)
+    return flat / np.where(norm > 0, norm, 1.0)
+
+
+def pixel_similarity(queries: np.ndarray, candidates: np.ndarray, *, any_turn: bool = False,
+                     chunk: int = 4096) -> np.ndarray:
+    """Q×C Pearson correlation of pixels, as `reidentification` ranks by; with `any_turn` the
+    best over the 8 flips and quarter turns of each query (a picture turned as a whole)."""
+    q = np.asarray(queries)
+    turned = [q]
+    if any_turn:
+        if q.shape[1] != q.shape[2]:
+            raise ValueError(f"any_turn needs square images, got {q.shape[1]}x{q.shape[2]}")
+        turned = [np.rot90(x, k, axes=(1, 2)) for x in (q, q[:, :, ::-1]) for k in range(4)]
+    turned = [_standardised(x) for x in turned]
+    out = np.empty((len(q), len(candidates)), dtype=np.float32)
+    for start in range(0, len(candidates), chunk):
+        c = _standardised(candidates[start:start + chunk]).T
+        out[:, start:start + chunk] = np.max([t @ c for t in turned], axis=0)
+    return out
+
+
+def histogram_signature(images: np.ndarray) -> np.ndarray:
+    """Each image's sorted pixel values per channel (N×H·W·C float32).
+
+    Shuffling tiles, turning them, or any other rearrangement of pixels leaves this exactly
+    as it was: it is what a membership attacker can compare without placing a single tile.
+    """
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    return np.sort(x.reshape(len(x), -1, x.shape[-1]), axis=1).reshape(len(x), -1)
+
+
+def histogram_similarity(queries: np.ndarray, candidates: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Q×C minus the mean squared difference of `histogram_signature`s (the squared
+    2-Wasserstein distance of the pixel distributions): 0 for the same multiset of values."""
+    a = histogram_signature(queries).astype(np.float64)  # float64: equal multisets give 0 exactly
+    aa = (a * a).sum(axis=1)[:, None]
+    out = np.empty((len(a), len(candidates)), dtype=np.float64)
+    for start in range(0, len(candidates), chunk):
+        b = histogram_signature(candidates[start:start + chunk]).astype(np.float64)
+        d = aa + (b * b).sum(axis=1)[None, :] - 2 * a @ b.T
+        out[:, start:start + chunk] = -np.maximum(d, 0) / a.shape[1]
+    return out
+
+
+def gallery_reidentification(own: np.ndarray, pool: np.ndarray, labels: np.ndarray,
+                             pool_labels: np.ndarray, size: int, *, same_class: bool = True,
+                             seed: int = 0) -> tuple[float, float]:
+    """(rate, chance) of each query's own original beating `size` − 1 public distractors.
+
+    A real attacker ranks against a public gallery of thousands, not a test set's class of
+    fifty. `own[q]` is query q's similarity to its own original, `pool[q, j]` to public image
+    j (any similarity: higher is closer; the originals must not be in the pool). For each
+    query `size` − 1 distractors are drawn without replacement (from its class with
+    `same_class`, else from all), with `seed`; a tie with k distractors counts 1/(k+1).
+    Chance is 1/size.
+    """
+    own = np.asarray(own, dtype=np.float64)
+    pool = np.asarray(pool, dtype=np.float64)
+    labels, pool_labels = np.asarray(labels), np.asarray(pool_labels)
+    if pool.shape != (len(own), len(pool_labels)) or labels.shape != own.shape:
+        raise ValueError(f"expected {len(own)} labels and a {len(own)}×{len(pool_labels)} pool, "
+                         f"got {labels.shape} and {pool.shape}")
+    if size < 1:
+        raise ValueError(f"gallery size must be at least 1, got {size}")
+    rng = np.random.default_rng(seed)
+    hits = np.empty(len(own))
+    for q in range(len(own)):
+        eligible = np.flatnonzero(pool_labels == labels[q]) if same_class else np.arange(len(pool_labels))
+        if len(eligible) < size - 1:
+            raise ValueError(f"the pool holds {len(eligible)} eligible distractors, a gallery of {size} needs {size - 1}")
+        scores = pool[q, rng.choice(eligible, size - 1, replace=False)]
+        hits[q] = 0.0 if (scores > own[q]).any() else 1.0 / (1 + int((scores == own[q]).sum()))
+    return float(hits.mean()), 1.0 / size
+
+
+def membership_auc(member_scores: np.ndarray, outsider_scores: np.ndarray) -> float:
+    """Probability that a random member of a release scores above a random outsider (ties
+    half): 0.5 means the attacker cannot tell whether a candidate image is in the release."""
+    m = np.asarray(member_scores, dtype=np.float64)[:, None]
+    o = np.asarray(outsider_scores, dtype=np.float64)[None, :]
+    return float(((m > o).sum() + 0.5 * (m == o).sum()) / (m.size * o.size))

@@ -170,10 +170,11 @@ def cases_from_release(shards: Path, keystore, source: Path, limit: int, resize:
 
 # -- attacks -----------------------------------------------------------------------------------
 
-def _public_photos(channels: int) -> list[np.ndarray]:
-    from audit.attacks.learned import public_photos
+def _public_photos(channels: int, folders: tuple[Path, ...] = ()) -> list[np.ndarray]:
+    """The learned attackers' training photos: the skimage ones, or the given corpus folders."""
+    from audit.attacks.learned import public_corpus, public_photos
 
-    photos = public_photos()
+    photos = public_corpus(folders) if folders else public_photos()
     if channels == 1:
         photos = [np.asarray(Image.fromarray(p).convert("L"))[..., None] for p in photos]
     return photos
@@ -202,6 +203,7 @@ class _Setting:
     attacks: tuple[str, ...]
     learned_steps: int
     log: Callable[[str], None]
+    public_folders: tuple[Path, ...] = ()
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -239,7 +241,7 @@ def _stored_batch(cases: list[Case], s: _Setting) -> np.ndarray:
 
 
 def _learned(cases: list[Case], s: _Setting) -> None:
-    public = _public_photos(cases[0].original.shape[-1])
+    public = _public_photos(cases[0].original.shape[-1], s.public_folders)
     model = learned.train_position_attacker(public, s.tile, s.grid, s.learned_steps,
                                             mixed_from_patch=s.patch if s.mixing else None, **_LEARNED)
     for case, placement in zip(cases, learned.attack(model, _stored_batch(cases, s), s.tile, s.grid)):
@@ -247,7 +249,7 @@ def _learned(cases: list[Case], s: _Setting) -> None:
 
 
 def _learned_oriented(cases: list[Case], s: _Setting) -> None:
-    public = _public_photos(cases[0].original.shape[-1])
+    public = _public_photos(cases[0].original.shape[-1], s.public_folders)
     model = train_turned_attacker(public, s.tile, s.side, s.learned_steps,
                                   mixed_from_patch=s.patch if s.mixing else None, **_LEARNED)
     placements, turns = turned_attack(model, _stored_batch(cases, s))
@@ -286,7 +288,8 @@ def attacks_for(mode: str) -> list[Runner]:
 
 
 def attack_cases(cases: list[Case], mode: str, patch: int, sub_patch: int | None, attacks: tuple[str, ...],
-                 *, learned_steps: int = 400, log=lambda message: None) -> None:
+                 *, learned_steps: int = 400, log=lambda message: None,
+                 public_folders: tuple[Path, ...] = ()) -> None:
     """Run every applicable attack on every case; fills `case.results` and `case.pictures`."""
     facts = mode_of(mode)
     if not facts.encrypted:
@@ -296,7 +299,7 @@ def attack_cases(cases: list[Case], mode: str, patch: int, sub_patch: int | None
         return
     tile = facts.tile(patch, sub_patch)
     setting = _Setting(patch, sub_patch, tile, cases[0].original.shape[0] // patch, facts.mixes, facts.turns,
-                       attacks, learned_steps, log)
+                       attacks, learned_steps, log, tuple(public_folders))
     for runner in attacks_for(mode):
         if runner.attack not in attacks or tile < runner.min_tile:
             continue
@@ -461,9 +464,12 @@ def _check_geometry(mode: str, patch: int, sub_patch: int | None, size: int) -> 
               help="Comma-separated attacks to run.")
 @click.option("--limit", default=8, show_default=True, help="Most images to attack.")
 @click.option("--learned-steps", default=400, show_default=True, help="Training steps of the learned attacker.")
+@click.option("--public-photos", "public_folders", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of public photos the learned attacker trains on (repeatable; default: 14 "
+                   "skimage photos). E.g. /usr/share/backgrounds from Debian's wallpaper packages.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder (new or empty).")
 def privacy_command(mode, patch, sub_patch, size, images, builtin, shards, keystore, passphrase_file, source,
-                    resize, attack_list, limit, learned_steps, out) -> None:
+                    resize, attack_list, limit, learned_steps, public_folders, out) -> None:
     """Attack a cipher on real images: REPORT/privacy.json and an HTML/PNG gallery.
 
     \b
@@ -473,11 +479,11 @@ def privacy_command(mode, patch, sub_patch, size, images, builtin, shards, keyst
       audit-shards privacy --shards ~/release --keystore ~/pv-keys --source ~/data/imagenet --out report/
     """
     _run(mode, patch, sub_patch, size, images, builtin, shards, keystore, passphrase_file, source,
-         resize, attack_list, limit, learned_steps, out)
+         resize, attack_list, limit, learned_steps, out, public_folders)
 
 
 def _run(mode, patch, sub_patch, size, images, builtin, shards, keystore, passphrase_file, source,
-         resize, attack_list, limit, learned_steps, out) -> None:
+         resize, attack_list, limit, learned_steps, out, public_folders=()) -> None:
     started = time.perf_counter()
     attacks = _parse_attacks(attack_list)
     if limit < 1:
@@ -521,11 +527,13 @@ def _run(mode, patch, sub_patch, size, images, builtin, shards, keystore, passph
         del throwaway
         origin = "builtin photos" if builtin else f"images {Path(images).name}"
     log(f"attacking {len(cases)} images, mode {mode}, attacks {', '.join(attacks)}")
-    attack_cases(cases, mode, patch, sub_patch, attacks, learned_steps=learned_steps, log=log)
+    attack_cases(cases, mode, patch, sub_patch, attacks, learned_steps=learned_steps, log=log,
+                 public_folders=tuple(public_folders))
     meta = {"tool": "audit-shards privacy", "source": origin,
             "cipher": {"mode": mode, "patch": patch, "sub_patch": sub_patch, "size": size,
                        "channels": int(cases[0].original.shape[-1])},
             "attacks": list(attacks), "learned_steps": learned_steps,
+            "public_photos": [str(f) for f in public_folders] or "skimage",
             "seconds": round(time.perf_counter() - started, 1)}
     report = write_report(out, cases, meta)
     for name, scores in report["summary"].items():

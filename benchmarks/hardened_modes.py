@@ -26,6 +26,18 @@ Sections (--sections, comma-separated):
               re-identification (each reconstruction picks its own original out of its class,
               audit.metrics.reidentification; chance about 1/50). `plain` and `mix` rows too.
   statistics  how many stored images the statistics attack needs to read a scramble back.
+  corpus      the photo attackers trained on a public photo corpus (--corpus folders, e.g. the
+              Debian wallpaper packages) instead of 14 skimage photos, scored on the five
+              skimage victims: neighbour accuracy, PSNR, SSIM and re-identification among the
+              victims and the skimage public photos.
+  gallery     Fashion-MNIST re-identification against public galleries of growing size
+              (--galleries; distractors from the Fashion-MNIST train images the attacker did
+              not train on, same class or any class): by pixel correlation of the learned
+              attack's reconstruction, and by the histogram of stored pixel values (no attack
+              at all: shuffles and turns keep it); membership AUC of the histogram matcher.
+  views       --views K keyed random-resized crops per image (the job's path: plan.sample_key,
+              the "crop/train" keyed stream, geometry.random_resized_crop) for mix and
+              mix-shuffle: re-identification per view, by any of the K views, and by all K.
 
 Prints one JSON object on stdout, progress on stderr. About an hour on two busy CPU cores:
 
@@ -56,13 +68,14 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from audit.attacks.inversion import deconvolve  # noqa: E402
 from audit.attacks.jigsaw import reconstruct  # noqa: E402
-from audit.attacks.learned import attack, public_photos, train_position_attacker  # noqa: E402
+from audit.attacks.learned import attack, public_corpus, public_photos, train_position_attacker  # noqa: E402
 from audit.attacks.oriented import (draw, oriented_neighbour_accuracy, reconstruct_oriented,  # noqa: E402
                                     train_turned_attacker, turned_attack, upright_picture)
 from research.recognize import recognizability, resize_batch, train_recognizer  # noqa: E402
 from research.scramble import scramble_length, scramble_tiles  # noqa: E402
 from research.statistics_attack import recover_scramble, scramble_accuracy, undo_scramble, upright  # noqa: E402
-from audit.metrics import neighbour_accuracy, psnr, reidentification, ssim  # noqa: E402
+from audit.metrics import (gallery_reidentification, histogram_similarity, membership_auc,  # noqa: E402
+                           neighbour_accuracy, pixel_similarity, psnr, reidentification, ssim)
 from conftest import load_fashion_mnist, natural_photos  # noqa: E402
 from encrypt import ciphers  # noqa: E402
 from keys.derive import DatasetKey  # noqa: E402
@@ -71,6 +84,7 @@ from keys.keystream import KeyStream  # noqa: E402
 ROWS = ("plain", "shuffle", "mix", "mix-shuffle", "shuffle-scramble", "shuffle-orient",
         "shuffle-scramble-orient", "mix-shuffle-orient")
 SECTIONS = ("accuracy", "photos", "learned", "statistics")
+EXTRA_SECTIONS = ("corpus", "gallery", "views")
 
 
 def log(message: str) -> None:
@@ -366,6 +380,244 @@ def section_statistics(data, args) -> dict:
     return out
 
 
+# -- corpus: photo attackers trained on a public photo corpus ------------------------------
+
+def section_corpus(args) -> dict:
+    patch, sub, side = 16, 8, 14
+    victims = np.stack(list(natural_photos(224).values()))
+    from encrypt.geometry import resize_center_crop
+
+    # The gallery the photos are re-identified in: the victims and the skimage public photos
+    # (no longer trained on here), so chance is 1/19.
+    distractors = [resize_center_crop(p, 224, 224) for p in public_photos() if min(p.shape[:2]) >= 224]
+    gallery = np.concatenate([victims, np.stack(distractors)])
+    t0 = time.perf_counter()
+    public = public_corpus(args.corpus.split(","), max_side=args.corpus_side)
+    corpus = {"folders": args.corpus, "photos": len(public), "load_seconds": round(time.perf_counter() - t0, 1)}
+    log(f"corpus: {corpus}")
+    key = throwaway_key("bench-corpus")
+    out: dict = {}
+
+    def scores(recon: np.ndarray, turned: bool) -> dict:
+        if turned:
+            recon = np.stack([upright_picture(r, v) for r, v in zip(recon, victims)])
+        sim = pixel_similarity(recon, gallery, any_turn=turned)
+        values = [psnr(v, r) for v, r in zip(victims, recon)]
+        return {"psnr": round(float(np.mean([v if np.isfinite(v) else 99.0 for v in values])), 2),
+                "ssim": round(float(np.mean([ssim(v, r) for v, r in zip(victims, recon)])), 4),
+                "reidentification": round(float(np.mean(np.argmax(sim, axis=1) == np.arange(len(victims)))), 4),
+                "reidentification_chance": round(1 / len(gallery), 4)}
+
+    for row in args.rows:
+        started = time.perf_counter()
+        if row == "plain":
+            out[row] = {"attack": "none needed", **scores(victims, False)}
+        elif row == "mix":
+            out[row] = {"attack": "deconvolution",
+                        **scores(deconvolve(ciphers.mix(victims, patch, sub), patch, sub), False)}
+        elif row in ("shuffle", "mix-shuffle"):
+            mixing = row == "mix-shuffle"
+            tile = sub if mixing else patch
+            stored, perms, _ = encrypt_row(victims, row, key, "val", patch, sub)
+            model = train_position_attacker(public, tile, (side, side), args.corpus_steps, flip=True,
+                                             batch_size=args.corpus_batch,
+                                             mixed_from_patch=patch if mixing else None)
+            for name, refine in (("learned", False), ("learned + solver", True)):
+                placements = attack(model, stored, tile, (side, side), refine=refine)
+                pictures = ciphers.shuffle(stored, placements, tile)
+                recon = deconvolve(pictures, patch, sub) if mixing else pictures
+                out[f"{row} ({name})"] = {
+                    "attack": name + (" + deconvolution" if mixing else ""),
+                    "neighbour": round(float(np.mean([neighbour_accuracy(p, q, (side, side))
+                                                      for p, q in zip(placements, perms)])), 4),
+                    "public_tile_accuracy": round(model.train_log.tile_accuracy, 4), **scores(recon, False),
+                    "seconds": round(time.perf_counter() - started, 1)}  # training included
+                log(f"corpus {row} ({name}): {out[f'{row} ({name})']}")
+            continue
+        elif "orient" in row and row.startswith("mix"):
+            stored, perms, turns = encrypt_row(victims, row, key, "val", patch, sub)
+            model = train_turned_attacker(public, sub, side, args.corpus_steps, mixed_from_patch=patch, flip=True,
+                                          batch_size=args.corpus_batch)
+            placements, turn = turned_attack(model, stored)
+            pictures = np.stack([draw(s_, p, t, sub) for s_, p, t in zip(stored, placements, turn)])
+            out[row] = {"attack": "learned attacker with a turn head + deconvolution",
+                        "neighbour": round(float(np.mean([oriented_neighbour_accuracy(p, t, q, k, side) for p, t, q, k
+                                                          in zip(placements, turn, perms, turns)])), 4),
+                        "public_tile_accuracy": round(model.train_log.tile_accuracy, 4),
+                        **scores(deconvolve(pictures, patch, sub), True)}
+        else:
+            continue
+        out[row]["seconds"] = round(time.perf_counter() - started, 1)
+        log(f"corpus {row}: {out[row]}")
+    return {"data": "scikit-image astronaut, coffee, chelsea, rocket, immunohistochemistry at 224 px, patch 16, "
+                    f"sub-patch 8; re-identified among them and {len(distractors)} skimage public photos",
+            "corpus": corpus, "steps": args.corpus_steps, "batch_size": args.corpus_batch, "rows": out}
+
+
+# -- gallery: re-identification against public galleries, by pixels and by histogram -------
+
+def _public_part(images: np.ndarray, row: str) -> np.ndarray:
+    """What anyone can compute of a row's cipher without the key: the mixing."""
+    return ciphers.mix(images, 4, 2) if row.startswith("mix") else images
+
+
+def section_gallery(data, args) -> dict:
+    train_x, _, val_x, val_y = data
+    victims, labels = val_x[:args.victims], val_y[:args.victims]
+    full_x, full_y = load_fashion_mnist("train")
+    pool_x = resize_batch(full_x[len(train_x):], 32)[..., None]  # never seen by the attacker
+    pool_y = full_y[len(train_x):]
+    outsiders = pool_x[-args.victims:]  # candidates not in the release, for membership
+    pool_x, pool_y = pool_x[:-args.victims], pool_y[:-args.victims]
+    key = throwaway_key("bench-gallery")
+    sizes = [int(g) for g in args.galleries.split(",")]
+    out = {}
+    for row in args.rows:
+        if row not in ("plain", "shuffle", "mix", "mix-shuffle", "mix-shuffle-orient"):
+            continue
+        started = time.perf_counter()
+        stored, _, _ = encrypt_row(victims, row, key, "val", 4, 2)
+        if row == "plain":
+            recon, figures = victims, {}
+        elif row == "mix":
+            recon, figures = deconvolve(stored, 4, 2), {}
+        else:
+            figures, recon = _learned_reconstruction(row, train_x, victims, key, args)
+        turned = "orient" in row
+        own = np.diag(pixel_similarity(recon, victims, any_turn=turned))
+        pool = pixel_similarity(recon, pool_x, any_turn=turned)
+        mine = _public_part(victims, row)
+        hist_own = np.diag(histogram_similarity(stored, mine))
+        hist_pool = histogram_similarity(stored, _public_part(pool_x, row))
+        pixels, hist = {}, {}
+        for same in (True, False):
+            scope = "same class" if same else "any class"
+            pixels[scope] = {g: round(gallery_reidentification(own, pool, labels, pool_y, g, same_class=same)[0], 4)
+                             for g in sizes}
+            hist[scope] = {g: round(gallery_reidentification(hist_own, hist_pool, labels, pool_y, g, same_class=same)[0], 4)
+                           for g in sizes}
+        # Membership: does a candidate's histogram match any stored image of the release?
+        members = histogram_similarity(mine, stored).max(axis=1)
+        strangers = histogram_similarity(_public_part(outsiders, row), stored).max(axis=1)
+        out[row] = {**figures,
+                    "reidentification_class_of_test": round(reidentification(recon, victims, labels, any_turn=turned)[0], 4),
+                    "pixels": pixels, "histogram": hist,
+                    "membership_auc": round(membership_auc(members, strangers), 4),
+                    # the same multiset of pixel values (integer levels: any difference is ≥ 1/D)
+                    "members_exact": round(float(np.mean(members > -0.5 / stored[0].size)), 4),
+                    "outsiders_exact": round(float(np.mean(strangers > -0.5 / stored[0].size)), 4),
+                    "seconds": round(time.perf_counter() - started, 1)}
+        log(f"gallery {row}: {out[row]}")
+    return {"data": f"{len(victims)} Fashion-MNIST test images at 32 px; distractors from {len(pool_x)} "
+                    f"Fashion-MNIST train images the attacker did not train on; {len(outsiders)} outsiders",
+            "galleries": sizes, "chance": {g: round(1 / g, 4) for g in sizes}, "rows": out}
+
+
+# -- views: K keyed crops of one image in the release --------------------------------------
+
+class _PublicRandom:
+    """geometry's RandomSource from an ordinary numpy RNG: the attacker's own crops."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def uniform(self) -> float:
+        return float(self.rng.random())
+
+    def randbelow(self, n: int) -> int:
+        return int(self.rng.integers(n))
+
+
+def _crop_bank(images: np.ndarray, size: int) -> np.ndarray:
+    """N×B×size×size: each candidate under B crop boxes and flips an attacker tries (the keyed
+    crop is unknown to it): the centre crop of a job with one view, then square boxes of
+    area 1, 0.75, 0.5, 0.3 and 0.15 of the image on a 3×3 grid of places."""
+    from PIL import Image
+
+    h, w = images.shape[1:3]
+    boxes = [((w - w * 7 / 8) / 2, (h - h * 7 / 8) / 2, (w + w * 7 / 8) / 2, (h + h * 7 / 8) / 2)]
+    for area in (1.0, 0.75, 0.5, 0.3, 0.15):
+        side_ = math.sqrt(area) * min(h, w)
+        for fy in ((0.5,) if area == 1.0 else (0.0, 0.5, 1.0)):
+            for fx in ((0.5,) if area == 1.0 else (0.0, 0.5, 1.0)):
+                left, top = fx * (w - side_), fy * (h - side_)
+                boxes.append((left, top, left + side_, top + side_))
+    out = []
+    for img in images:
+        pil = Image.fromarray(img[..., 0])
+        views = [np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC, box=b)) for b in boxes]
+        out.append(np.stack(views + [v[:, ::-1] for v in views]))
+    return np.stack(out)[..., None]
+
+
+def section_views(args) -> dict:
+    from encrypt.geometry import random_resized_crop, resize_center_crop
+    from encrypt.plan import sample_key
+
+    raw_val, labels = load_fashion_mnist("test", args.victims)
+    raw_train, _ = load_fashion_mnist("train", args.train)
+    raw_val, raw_train = raw_val[..., None], raw_train[..., None]
+    key = throwaway_key("bench-views")
+    counts = [int(k) for k in args.views.split(",")]
+    # The attacker's public training set: the same pipeline (centre crops and random crops)
+    # on public images, with its own randomness.
+    rng = _PublicRandom(np.random.default_rng(0))
+    public = np.stack([resize_center_crop(x, 37, 32) if i % 2 else random_resized_crop(x, 32, rng)
+                       for i, x in enumerate(raw_train)])
+    bank = _crop_bank(raw_val, 32)
+    b = bank.shape[1]
+    same_class = labels[:, None] == labels[None, :]
+    chance = float(np.mean(1 / same_class.sum(axis=1)))
+    out: dict = {}
+    for row in args.rows:
+        if row not in ("plain", "mix", "mix-shuffle"):
+            continue
+        model = None
+        if row == "mix-shuffle":
+            model = train_position_attacker(public, 2, (8, 8), args.learned_steps, mixed_from_patch=4)
+        out[row] = {}
+        for k in counts:
+            started = time.perf_counter()
+            views, secrets_of = [], []
+            for i, img in enumerate(raw_val):
+                rel = f"img{i}.png"
+                if k == 1:  # one view: the job's centre crop (--resize 8/7 of --size)
+                    views.append(resize_center_crop(img, 37, 32))
+                    secrets_of.append(sample_key(key, rel, -1, 1))
+                    continue
+                for v in range(k):
+                    sid = sample_key(key, rel, v, k)
+                    views.append(random_resized_crop(img, 32, key.stream("crop/train", sid)))
+                    secrets_of.append(sid)
+            views = np.stack(views)
+            if row == "plain":
+                recon = views
+            elif row == "mix":
+                recon = deconvolve(ciphers.mix(views, 4, 2), 4, 2)
+            else:
+                secrets = [ciphers.draw_secrets(key, "train", sid, 64, 0) for sid in secrets_of]
+                stored = ciphers.shuffle(ciphers.mix(views, 4, 2), np.stack([s.perm for s in secrets]), 2)
+                placements = attack(model, stored, 2, (8, 8))
+                recon = deconvolve(ciphers.shuffle(stored, placements, 2), 4, 2)
+            # Each view against every candidate, at the candidate's best crop box.
+            sim = pixel_similarity(recon, bank.reshape(-1, 32, 32, 1)).reshape(len(recon), len(raw_val), b).max(axis=2)
+            sim = sim.reshape(len(raw_val), k, len(raw_val))
+            sim = np.where(same_class[:, None, :], sim, -np.inf)
+            own = np.arange(len(raw_val))
+            per_view = np.argmax(sim, axis=2) == own[:, None]
+            combined = np.argmax(sim.sum(axis=1), axis=1) == own
+            out[row][k] = {"per_view": round(float(per_view.mean()), 4),
+                           "any_view": round(float(per_view.any(axis=1).mean()), 4),
+                           "any_view_chance": round(1 - (1 - chance) ** k, 4),
+                           "all_views_combined": round(float(combined.mean()), 4),
+                           "seconds": round(time.perf_counter() - started, 1)}
+            log(f"views {row} K={k}: {out[row][k]}")
+    return {"data": f"{len(raw_val)} Fashion-MNIST test images (28 px sources) as 32 px views, patch 4, "
+                    "sub-patch 2; K=1 is the job's centre crop, K>1 keyed random-resized crops",
+            "candidates": "the images' originals of the same class, each under 62 crop boxes and flips",
+            "chance": round(chance, 4), "rows": out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default=",".join(SECTIONS))
@@ -381,6 +633,14 @@ def main() -> None:
     parser.add_argument("--learned-steps", type=int, default=600)
     parser.add_argument("--victims", type=int, default=500, help="Fashion-MNIST images the learned attack sees")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--corpus", default="/usr/share/backgrounds,/usr/share/wallpapers",
+                        help="comma-separated folders of public photos (corpus section)")
+    parser.add_argument("--corpus-steps", type=int, default=600)
+    parser.add_argument("--corpus-batch", type=int, default=32)
+    parser.add_argument("--corpus-side", type=int, default=320,
+                        help="corpus photos shrunk to this shorter side (crops of 224 px cover 70-100 %%)")
+    parser.add_argument("--galleries", default="10,50,200,1000", help="gallery sizes (gallery section)")
+    parser.add_argument("--views", default="1,2,4", help="views per image (views section)")
     parser.add_argument("--results", type=Path, default=None,
                         help="merge each section into this file (encrypt/measured_risk.json is the one jobs read)")
     args = parser.parse_args()
@@ -393,7 +653,7 @@ def main() -> None:
     started = time.perf_counter()
     report: dict = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     data = recognizer = None
-    if {"accuracy", "learned", "statistics"} & set(sections):
+    if {"accuracy", "learned", "statistics", "gallery"} & set(sections):
         train_x, train_y = load_fashion_mnist("train", args.train)
         val_x, val_y = load_fashion_mnist("test", args.val)
         data = (resize_batch(train_x, 32)[..., None], train_y, resize_batch(val_x, 32)[..., None], val_y)
@@ -427,6 +687,13 @@ def main() -> None:
     if "statistics" in sections:
         report["statistics"] = section_statistics(data, args)
         record("statistics")
+    # These sections are measured here, not written to --results (no risk line reads them).
+    if "corpus" in sections:
+        report["corpus"] = section_corpus(args)
+    if "gallery" in sections:
+        report["gallery"] = section_gallery(data, args)
+    if "views" in sections:
+        report["views"] = section_views(args)
     report["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report, indent=1))
 

@@ -142,3 +142,26 @@ def test_bad_input_is_refused_with_a_clear_message(attacker, victims):
         train_position_attacker(np.zeros((4, 16, 16), np.uint8), 16, (1, 1), steps=1)
     with pytest.raises(ValueError, match="sub-patch 3 does not divide patch 4"):
         train_position_attacker(np.zeros((4, 32, 32), np.uint8), 3, (8, 8), steps=1, mixed_from_patch=4)
+
+
+def test_public_corpus_reads_a_folder_of_photos_once_each(tmp_path):
+    """The corpus loader on real photos laid out as wallpaper packages ship them."""
+    from PIL import Image
+    from skimage import data
+
+    from audit.attacks.learned import corpus_files, public_corpus
+
+    coffee, rocket = data.coffee(), data.rocket()
+    kde = tmp_path / "wallpapers" / "Coffee" / "contents" / "images"
+    kde.mkdir(parents=True)
+    Image.fromarray(coffee).save(kde / "600x400.png")  # the same picture at two sizes
+    Image.fromarray(coffee).resize((300, 200)).save(kde / "300x200.png")
+    Image.fromarray(rocket).save(tmp_path / "rocket.jpg", quality=95)
+    Image.fromarray(rocket).resize((100, 60)).save(tmp_path / "tiny.png")  # too small to crop 224 px from
+    (tmp_path / "vector.svg").write_text("<svg/>")
+    assert [p.name for p in corpus_files(tmp_path)] == ["rocket.jpg", "tiny.png", "600x400.png"]
+    corpus = public_corpus([tmp_path], max_side=320)
+    assert [p.shape for p in corpus] == [(320, 480, 3), (320, 480, 3)]
+    assert all(p.dtype == np.uint8 for p in corpus)
+    with pytest.raises(ValueError, match="no photos"):
+        public_corpus([tmp_path / "wallpapers"], min_side=1000)

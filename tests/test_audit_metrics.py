@@ -131,3 +131,84 @@ def test_reidentification_tells_instances_apart_not_classes(fmnist_small):
     assert reidentification(turned, images, labels, any_turn=True)[0] == 1.0
     with pytest.raises(ValueError, match="matching"):
         reidentification(images[:5], images[:6], labels[:6])
+
+
+# -- galleries and the histogram matcher (issue 17) ------------------------------------------
+
+from audit.metrics import (gallery_reidentification, histogram_similarity, membership_auc,  # noqa: E402
+                           pixel_similarity)
+from conftest import load_fashion_mnist  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fmnist_gallery():
+    """200 test images (the victims) and 2,000 train images (the public pool), real data."""
+    victims, labels = load_fashion_mnist("test", 200)
+    pool, pool_labels = load_fashion_mnist("train", 2000)
+    return victims, labels, pool, pool_labels
+
+
+def test_gallery_reidentification_falls_with_gallery_size_and_sits_at_chance_without_signal(fmnist_gallery):
+    victims, labels, pool, pool_labels = fmnist_gallery
+    # The originals themselves are found at every size, among their class or among all.
+    own = np.diag(pixel_similarity(victims, victims))
+    to_pool = pixel_similarity(victims, pool)
+    for size in (10, 100):
+        for same in (True, False):
+            assert gallery_reidentification(own, to_pool, labels, pool_labels, size, same_class=same) == (1.0, 1 / size)
+    # A noisy reconstruction: found, but less often as the gallery grows.
+    noisy = np.clip(victims.astype(int) + np.random.default_rng(0).integers(-90, 91, victims.shape), 0, 255)
+    own_n, pool_n = np.diag(pixel_similarity(noisy, victims)), pixel_similarity(noisy, pool)
+    small = gallery_reidentification(own_n, pool_n, labels, pool_labels, 10)[0]
+    large = gallery_reidentification(own_n, pool_n, labels, pool_labels, 150)[0]
+    assert 0.5 < large <= small, (small, large)
+    # Another image of the same class shown for each (no instance information): about chance.
+    other = np.array([np.flatnonzero(labels == c)[(np.flatnonzero(np.flatnonzero(labels == c) == i)[0] + 1)
+                                                  % np.sum(labels == c)] for i, c in enumerate(labels)])
+    rate, chance = gallery_reidentification(np.diag(pixel_similarity(victims[other], victims)),
+                                            pixel_similarity(victims[other], pool), labels, pool_labels, 10)
+    assert rate <= 2.5 * chance, rate
+    # Ties share the hit; impossible galleries and mismatched shapes are refused.
+    assert gallery_reidentification(np.zeros(1), np.zeros((1, 3)), np.zeros(1), np.zeros(3), 3)[0] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="a gallery of 1000 needs 999"):
+        gallery_reidentification(own, to_pool, labels, pool_labels, 1000)
+    with pytest.raises(ValueError, match="pool"):
+        gallery_reidentification(own, to_pool[:, :5], labels, pool_labels, 10)
+
+
+def test_histogram_matcher_sees_through_every_shuffle_and_turn(fmnist_gallery):
+    from encrypt.ciphers import mix, orient_tiles
+
+    victims, labels, pool, pool_labels = fmnist_gallery
+    x, public = victims[..., None], pool[..., None]
+    rng = np.random.default_rng(2)
+    perms = np.stack([rng.permutation(49) for _ in x])
+    turns = rng.integers(0, 8, (len(x), 49))
+    stored = orient_tiles(shuffle(x, perms, 4), turns, 4)
+    own = np.diag(histogram_similarity(stored, x))
+    assert np.all(own == 0)  # the same multiset of pixel values, exactly
+    rate, _ = gallery_reidentification(own, histogram_similarity(stored, public), labels, pool_labels, 150)
+    assert rate > 0.95
+    # Placed by nothing, the same stored images are hardly found by their pixels.
+    assert gallery_reidentification(np.diag(pixel_similarity(stored, x)), pixel_similarity(stored, public),
+                                    labels, pool_labels, 150)[0] < 0.3
+    # Membership: the release's members match a stored image, outsiders do not.
+    mixed = mix(x, 4, 2)
+    release = orient_tiles(shuffle(mixed, np.stack([rng.permutation(49) for _ in x]), 2), rng.integers(0, 8, (len(x), 49)), 2)
+    members = histogram_similarity(mixed, release).max(axis=1)
+    outsiders = histogram_similarity(mix(public[:200], 4, 2), release).max(axis=1)
+    assert membership_auc(members, outsiders) > 0.99
+    assert membership_auc(np.zeros(3), np.zeros(4)) == 0.5
+
+
+def test_histogram_matcher_finds_mixed_shuffled_photos(photos):
+    from audit.attacks.learned import public_photos
+    from encrypt.ciphers import mix
+    from encrypt.geometry import resize_center_crop
+
+    victims = np.stack(list(photos.values()))
+    others = np.stack([resize_center_crop(p, 224, 224) for p in public_photos() if min(p.shape[:2]) >= 224])
+    candidates = mix(np.concatenate([victims, others]), 16, 8)
+    rng = np.random.default_rng(3)
+    stored = shuffle(mix(victims, 16, 8), np.stack([rng.permutation(196) for _ in victims]), 8)
+    assert np.array_equal(np.argmax(histogram_similarity(stored, candidates), axis=1), np.arange(len(victims)))

@@ -80,6 +80,23 @@ def test_learned_attacker_runs_on_turned_tiles(tmp_path):
     learned = report["summary"]["learned"]
     assert 0.0 <= learned["neighbour"] <= 1.0 and learned["psnr"] > 0
     assert report["learned_steps"] == 2
+    assert report["public_photos"] == "skimage"
+
+
+def test_learned_attacker_trains_on_a_public_photo_folder(tmp_path):
+    """--public-photos: the attacker's corpus is a folder the user names (no path built in)."""
+    from skimage import data
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("camera", "coins", "brick"):
+        Image.fromarray(getattr(data, name)()).save(corpus / f"{name}.png")
+    out = tmp_path / "report"
+    result = run("--mode", "mix-shuffle", "--builtin", "--size", "64", "--limit", "2", "--attacks", "learned",
+                 "--learned-steps", "2", "--public-photos", str(corpus), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "privacy.json").read_text())
+    assert report["public_photos"] == [str(corpus)] and "learned" in report["summary"]
 
 
 def test_images_folder_with_a_broken_file_is_one_line_and_writes_nothing(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,6 +51,61 @@ def public_photos() -> list[np.ndarray]:
             if img.ndim == 2:
                 img = np.repeat(img[..., None], 3, axis=-1)
             out.append(np.ascontiguousarray(img[..., :3].astype(np.uint8)))
+    return out
+
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def corpus_files(folder: str | Path) -> list[Path]:
+    """The distinct photos under `folder`, recursively, sorted.
+
+    Wallpaper packages ship one picture at many sizes in one folder, files named like
+    `1920x1080.jpg` (KDE's layout); of those only the largest is kept, so no picture
+    counts twice. Vector images (.svg) are not photos and are skipped.
+    """
+    import re
+
+    sized = re.compile(r"^(\d+)x(\d+)$")
+    best: dict[Path, tuple[int, Path]] = {}
+    out = []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix.lower() not in PHOTO_SUFFIXES or not path.is_file():
+            continue
+        match = sized.match(path.stem)
+        if match is None:
+            out.append(path)
+        else:
+            area = int(match[1]) * int(match[2])
+            if path.parent not in best or area > best[path.parent][0]:
+                best[path.parent] = (area, path)
+    return sorted(out + [p for _, p in best.values()])
+
+
+def public_corpus(folders: Sequence[str | Path], *, max_side: int = 640,
+                  min_side: int = 224) -> list[np.ndarray]:
+    """A public photo corpus as H×W×3 uint8, each shrunk so its shorter side is ≤ `max_side`.
+
+    For attackers stronger than the 14 skimage photos allow: point it at any folders of
+    public pictures (e.g. the Debian wallpaper packages' /usr/share/backgrounds and
+    /usr/share/wallpapers). Shrinking keeps the many random crops `random_windows` cuts per
+    step cheap; pictures whose shorter side is under `min_side` are dropped.
+    """
+    from PIL import Image
+
+    out = []
+    for folder in folders:
+        for path in corpus_files(folder):
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                scale = max_side / min(img.size)
+                if scale < 1:
+                    img = img.resize((round(img.width * scale), round(img.height * scale)),
+                                     Image.Resampling.BICUBIC, reducing_gap=3.0)
+                if min(img.size) >= min_side:
+                    out.append(np.asarray(img, dtype=np.uint8).copy())
+    if not out:
+        raise ValueError(f"no photos of at least {min_side} px under {', '.join(map(str, folders))}")
     return out
 
 
