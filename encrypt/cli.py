@@ -53,6 +53,9 @@ def job_options(fn):
                           "is skipped. Always refused: a split left empty."),
         click.option("--ray-address", help="Join this Ray cluster instead of starting a local one."),
         click.option("--resume", is_flag=True, help="Continue an interrupted job in the same OUT."),
+        click.option("--rebuild-from", type=click.Path(file_okay=False, path_type=Path), metavar="RELEASE",
+                     help="Rebuild this signed release byte for byte (its salt, from the sealed index); "
+                          "same dataset and options. Default: a fresh salt, so no two releases share keys."),
         click.option("--quiet", is_flag=True, help="No progress bar (bars are drawn on a terminal only)."),
     ]
     for option in reversed(options):
@@ -120,8 +123,8 @@ def cli() -> None:
 @click.option("--hide-class-names", is_flag=True, help="Keep only the class count in the manifest.")
 @click.option("--min-side", type=int, help="Skip images whose shorter side is below this (default: size/4).")
 def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patch, size, fmt, quality,
-                grayscale, shard_samples, num_cpus, max_skipped, ray_address, resume, quiet, mode, resize,
-                views, split, hide_class_names, min_side):
+                grayscale, shard_samples, num_cpus, max_skipped, ray_address, resume, rebuild_from, quiet, mode,
+                resize, views, split, hide_class_names, min_side):
     """Encrypt an ImageFolder tree: SRC/{train,val}/{class}/* or SRC/{class}/*.
 
     \b
@@ -143,7 +146,7 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
     summary = encrypt_dataset(listing, out, store, dataset_id or Path(src).resolve().name, settings,
                               workers=num_cpus, ray_address=ray_address, resume=resume,
                               hide_class_names=hide_class_names, progress=not quiet,
-                              max_skipped_fraction=max_skipped)
+                              max_skipped_fraction=max_skipped, rebuild_from=rebuild_from)
     _report(summary, out)
 
 
@@ -158,7 +161,8 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
                    "positions cannot carry boxes.")
 @click.option("--split", default="train", show_default=True, help="Split name for these images.")
 def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch, sub_patch, size, fmt,
-         quality, grayscale, shard_samples, num_cpus, max_skipped, ray_address, resume, quiet, mode, split):
+         quality, grayscale, shard_samples, num_cpus, max_skipped, ray_address, resume, rebuild_from, quiet,
+         mode, split):
     """Encrypt a COCO detection set: IMAGES folder + instances JSON, letterboxed to --size.
 
     \b
@@ -181,7 +185,7 @@ def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch,
     _warn_mode(mode)  # after every input check: an error stays the only line
     summary = encrypt_dataset(listing, out, store, dataset_id or Path(images).resolve().name, settings,
                               workers=num_cpus, ray_address=ray_address, resume=resume, progress=not quiet,
-                              max_skipped_fraction=max_skipped)
+                              max_skipped_fraction=max_skipped, rebuild_from=rebuild_from)
     _report(summary, out)
 
 

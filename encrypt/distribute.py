@@ -9,6 +9,12 @@ Ray's own failures become one line: a cluster that cannot be reached or joined i
 `ClusterError` naming the address (checked with a plain TCP connect first, since `ray.init`
 retries an unreachable address for minutes), and a shard task that fails is a
 `ShardTaskError` naming the shard, the node it ran on and the worker's own error.
+
+No key leaves the driver: each task is given its own samples' seeds (`ShardKeys`, computed
+here from the release key), never the dataset key or the release subkey. Seeds rather than
+a per-shard subkey because a sample's secrets must not depend on its shard (forget moves
+samples into new shards) and the driver derives ids and order anyway; a seed opens only its
+own sample. Both paths pass exactly the same arguments (`shard_arguments`).
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import socket
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from encrypt.ciphers import ShardKeys
 from encrypt.job import ShardResult, encrypt_shard
 from encrypt.plan import JobSettings, ShardTask
 from shards.errors import PatchveilError, first_line
@@ -110,12 +117,17 @@ def _task_error(ray, exc: BaseException, task: ShardTask, out_dir: Path) -> Shar
     return ShardTaskError(shard, f"shard task failed ({type(exc).__name__}: {first_line(exc)[:300]})")
 
 
-def _run_in_process(tasks: Iterable[ShardTask], settings: JobSettings, dataset_key, out_dir: Path) -> Iterator[ShardResult]:
+def shard_arguments(task: ShardTask, settings: JobSettings, keys, out_dir: Path) -> tuple:
+    """What one shard task is given, on either path: the task, settings, its seeds, OUT."""
+    return task, settings, ShardKeys.for_samples(keys, [(s.split, s.key) for s in task.samples]), str(out_dir)
+
+
+def _run_in_process(tasks: Iterable[ShardTask], settings: JobSettings, keys, out_dir: Path) -> Iterator[ShardResult]:
     for task in tasks:
-        yield encrypt_shard(task, settings, dataset_key, out_dir)
+        yield encrypt_shard(*shard_arguments(task, settings, keys, out_dir))
 
 
-def _run_on_ray(tasks: list[ShardTask], settings: JobSettings, dataset_key, out_dir: Path,
+def _run_on_ray(tasks: list[ShardTask], settings: JobSettings, keys, out_dir: Path,
                 workers: int, address: str | None) -> Iterator[ShardResult]:
     import ray
 
@@ -124,10 +136,11 @@ def _run_on_ray(tasks: list[ShardTask], settings: JobSettings, dataset_key, out_
         _init_ray(ray, workers, address)
     try:
         remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(encrypt_shard)
-        settings_ref, key_ref = ray.put(settings), ray.put(dataset_key)
+        settings_ref = ray.put(settings)
         task_of = {}
         for task in tasks:
-            task_of[remote.remote(task, settings_ref, key_ref, str(out_dir))] = task
+            shard_task, _, seeds, out = shard_arguments(task, settings, keys, out_dir)
+            task_of[remote.remote(shard_task, settings_ref, seeds, out)] = task
         pending = list(task_of)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -146,14 +159,17 @@ def _run_on_ray(tasks: list[ShardTask], settings: JobSettings, dataset_key, out_
             ray.shutdown()
 
 
-def run_shards(tasks: list[ShardTask], settings: JobSettings, dataset_key, out_dir: Path, *,
+def run_shards(tasks: list[ShardTask], settings: JobSettings, keys, out_dir: Path, *,
                workers: int, address: str | None = None,
                on_result: Callable[[ShardResult], None] | None = None) -> list[ShardResult]:
-    """Run every task and return the results in completion order."""
+    """Run every task and return the results in completion order.
+
+    `keys`: the release's keys (keys.derive.ReleaseKey); it stays here, tasks get seeds.
+    """
     if workers == 0 and not address:
-        stream = _run_in_process(tasks, settings, dataset_key, out_dir)
+        stream = _run_in_process(tasks, settings, keys, out_dir)
     else:
-        stream = _run_on_ray(tasks, settings, dataset_key, out_dir, max(workers, 1), address)
+        stream = _run_on_ray(tasks, settings, keys, out_dir, max(workers, 1), address)
     results = []
     for result in stream:
         if on_result:
