@@ -268,9 +268,8 @@ def test_no_shard_task_is_given_the_dataset_key_or_the_release_key(keystore, src
     shards = sum(len(es) for es in load_manifest(local).splits.values())
     assert len(captured) >= 2 * shards + 1  # every task on both paths, and Ray's put of the settings
     secrets = {"dataset key": keystore.dataset_key(DATASET)._key, "release key": keys_of(keystore, local)._key}
-    for name, secret in secrets.items():
-        for blob in captured:
-            assert secret not in blob, f"a shard task was given the {name}"
+    leaked = [name for name, secret in secrets.items() if any(secret in blob for blob in captured)]
+    assert leaked == []  # names only: a failure must not print key bytes
     # what a task does get: the seeds of its own samples, nothing of another shard's
     seeds = [pickle.loads(b)[2] for b in captured[:shards]]
     assert all(isinstance(s, ShardKeys) for s in seeds)
