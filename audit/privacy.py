@@ -47,7 +47,7 @@ from audit.attacks.jigsaw import reconstruct
 from audit.attacks.oriented import (draw, oriented_neighbour_accuracy, reconstruct_oriented,
                                     train_turned_attacker, turned_attack, upright_picture)
 from audit.metrics import direct_accuracy, neighbour_accuracy, psnr, reidentification, ssim
-from encrypt.ciphers import cipher_of, shuffle
+from encrypt.ciphers import DerivationError, cipher_of, release_keys, shuffle
 from encrypt.prepare import DecodeError, prepare_pixels
 from audit.errors import AuditError
 from keys.passphrase import PASSPHRASE_HELP
@@ -137,6 +137,7 @@ def cases_from_release(shards: Path, keystore, source: Path, limit: int, resize:
 
     Samples are named by their opaque keys; the owner's index maps them to source files.
     Keyed crop views (`--views`) are skipped: only centre crops can be redrawn from SRC.
+    The true keys are drawn as the manifest's derivation says (`encrypt.ciphers.release_keys`).
     """
     from keys.index import load_index
     from shards.reader import iter_samples, load_manifest
@@ -145,7 +146,10 @@ def cases_from_release(shards: Path, keystore, source: Path, limit: int, resize:
     cipher = manifest.cipher
     if manifest.task != "classification":
         raise PrivacyError(f"{shards}: a {manifest.task} release; the privacy audit attacks classification releases")
-    key = keystore.dataset_key(manifest.dataset_id, manifest.dataset_key_id)
+    try:
+        key = release_keys(keystore, manifest)  # the derivation the manifest records, the index's salt
+    except DerivationError as exc:
+        raise PrivacyError(f"{shards}: {exc}") from None
     index = load_index(keystore, manifest.dataset_id, manifest.dataset_key_id)
     h, w = cipher.image_size
     scheme = cipher_of(cipher.mode)

@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from shards.errors import PatchveilError
 from shards.modes import MODES, Mode, mode_of
 
 DIHEDRAL = 8  # elements of D4: k < 4 is k quarter turns; k >= 4 mirrors first, then k - 4 turns
@@ -265,23 +266,94 @@ class Secrets:
     turns: np.ndarray | None = None
 
 
-def keyed_secrets(dataset_key, split: str, sample_id: str, geometry) -> Secrets:
-    """The secrets of one stored sample, as every release so far derived them.
+def keyed_secrets(keys, split: str, sample_id: str, geometry) -> Secrets:
+    """The secrets of one stored sample: the one place they are drawn, for the job, decrypt and audit.
 
-    `geometry` is a shards.manifest.CipherSpec (mode, patch, image_size); `dataset_key` a
-    keys.derive.DatasetKey, which owns the derivation (this module holds no keys). A keyed
-    crop view has its own sample id (encrypt.plan.sample_key), so the view is already bound.
+    `geometry` is a shards.manifest.CipherSpec (mode, patch, image_size). `keys` is whatever
+    holds the sample's seeds (this module holds no keys): a keys.derive.ReleaseKey
+    (derivation 2), a DatasetKey (derivation 1, old releases), or a worker's `ShardKeys`. A
+    keyed crop view has its own sample id (encrypt.plan.sample_key), so the view is bound.
     """
     n, turns = mode_of(geometry.mode).draws(geometry.image_size, geometry.patch)
-    return draw_secrets(dataset_key, split, sample_id, n, turns)
+    return draw_secrets(keys, split, sample_id, n, turns)
 
 
-def draw_secrets(dataset_key, split: str, sample_id: str, permutation_length: int, turns: int) -> Secrets:
+def draw_secrets(keys, split: str, sample_id: str, permutation_length: int, turns: int) -> Secrets:
     """The keyed draws themselves (0: none); research rows of the benchmarks call it directly."""
-    perm = np.asarray(dataset_key.permutation(permutation_length, split, sample_id), dtype=np.intp) \
-        if permutation_length else None
-    orientations = np.asarray(dataset_key.orientations(turns, split, sample_id), dtype=np.intp) if turns else None
+    seeds = keys.sample_keys(split, sample_id)
+    perm = np.asarray(seeds.permutation(permutation_length), dtype=np.intp) if permutation_length else None
+    orientations = np.asarray(seeds.orientations(turns), dtype=np.intp) if turns else None
     return Secrets(perm, orientations)
+
+
+class ShardKeys:
+    """What a shard task is given instead of a key: the seeds of its own samples only.
+
+    Computed on the owner's driver (`for_samples`), so neither the dataset key nor the release
+    subkey travels to a worker, Ray's object store or the network; a seed is an HMAC output
+    and opens nothing but its sample. Asking for a sample of another shard fails.
+    """
+
+    __slots__ = ("_seeds",)
+
+    def __init__(self, seeds: dict) -> None:
+        self._seeds = dict(seeds)
+
+    @classmethod
+    def for_samples(cls, keys, samples) -> ShardKeys:
+        """The seeds of `samples` ((split, sample id) pairs) from the release's keys."""
+        return cls({(split, sid): keys.sample_keys(split, sid) for split, sid in samples})
+
+    def __repr__(self) -> str:
+        return f"ShardKeys(<{len(self._seeds)} samples>)"
+
+    def __reduce__(self):
+        return (ShardKeys, (self._seeds,))
+
+    def sample_keys(self, split: str, sample_id: str):
+        try:
+            return self._seeds[(split, sample_id)]
+        except KeyError:
+            raise KeyError(f"sample {sample_id} of split {split} is not in this shard's keys") from None
+
+
+class DerivationError(PatchveilError):
+    """A release's manifest names a derivation this tool does not know, or its salt is missing."""
+
+
+def derivation_of(manifest) -> tuple[int, str | None]:
+    """(derivation version, release id) a manifest records; (1, None) for releases before version 2."""
+    version = manifest.extra.get("derivation", 1)
+    release = manifest.extra.get("release")
+    if version == 1 and release is None:
+        return 1, None
+    if version == 2 and isinstance(release, str):
+        return 2, release
+    raise DerivationError(f"manifest extra.derivation {str(version)[:20]!r} (release {str(release)[:40]!r}) "
+                          "is not a key derivation this tool knows (1 or 2 with a release id); upgrade patchveil")
+
+
+def release_keys(keystore, manifest):
+    """The keys a release's secrets are drawn from, as its manifest's derivation says.
+
+    Derivation 1: the dataset key itself. Derivation 2: the release subkey, rebuilt from the
+    salt and binding the owner's sealed index keeps for that release; a binding that does not
+    match the signed cipher spec and task is refused.
+    """
+    from keys.index import load_release
+
+    version, release = derivation_of(manifest)
+    dataset_key = keystore.dataset_key(manifest.dataset_id, manifest.dataset_key_id)
+    if version == 1:
+        return dataset_key
+    salt, binding = load_release(keystore, manifest.dataset_id, manifest.dataset_key_id, release)
+    if binding.get("cipher") != manifest.cipher.to_dict() or binding.get("task") != manifest.task:
+        raise DerivationError(f"release {release}: the sealed index's settings differ from the signed manifest's "
+                              "cipher or task")
+    keys = dataset_key.release_key(binding, salt)
+    if keys.release_id != release:
+        raise DerivationError(f"release {release}: the sealed index's salt does not belong to it")
+    return keys
 
 
 Transform = Callable[[np.ndarray, Secrets, int, "int | None"], np.ndarray]

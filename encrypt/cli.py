@@ -66,6 +66,9 @@ def job_options(fn):
                      help="For a URL OUT (s3://...): local root of the owner's private folders (journal, "
                           "lock, reports), OWNER_DIR/<protocol>/<bucket>/<path>.owner (default: "
                           "$PATCHVEIL_OWNER_DIR, else ~/.patchveil/owner). A local OUT keeps OUT.owner beside it."),
+        click.option("--rebuild-from", type=click.Path(file_okay=False, path_type=Path), metavar="RELEASE",
+                     help="Rebuild this signed release byte for byte (its salt, from the sealed index); "
+                          "same dataset and options. Default: a fresh salt, so no two releases share keys."),
         click.option("--quiet", is_flag=True, help="No progress bar (bars are drawn on a terminal only)."),
     ]
     for option in reversed(options):
@@ -147,8 +150,8 @@ def cli() -> None:
 @click.option("--hide-class-names", is_flag=True, help="Keep only the class count in the manifest.")
 @click.option("--min-side", type=int, help="Skip images whose shorter side is below this (default: size/4).")
 def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patch, size, fmt, quality,
-                grayscale, shard_samples, num_cpus, max_skipped, ray_address, ray_runtime_env, resume, owner_dir, quiet, mode, resize,
-                views, split, hide_class_names, min_side):
+                grayscale, shard_samples, num_cpus, max_skipped, ray_address, ray_runtime_env, resume, owner_dir,
+                rebuild_from, quiet, mode, resize, views, split, hide_class_names, min_side):
     """Encrypt an ImageFolder tree: SRC/{train,val}/{class}/* or SRC/{class}/*.
 
     \b
@@ -172,7 +175,7 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
                               workers=num_cpus, ray_address=ray_address, ray_runtime_env=runtime_env,
                               resume=resume,
                               hide_class_names=hide_class_names, progress=not quiet,
-                              max_skipped_fraction=max_skipped)
+                              max_skipped_fraction=max_skipped, rebuild_from=rebuild_from)
     _report(summary, out)
 
 
@@ -187,8 +190,8 @@ def imagefolder(src, out, keystore, passphrase_file, dataset_id, patch, sub_patc
                    "positions cannot carry boxes.")
 @click.option("--split", default="train", show_default=True, help="Split name for these images.")
 def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch, sub_patch, size, fmt,
-         quality, grayscale, shard_samples, num_cpus, max_skipped, ray_address, ray_runtime_env, resume, owner_dir, quiet, mode,
-         split):
+         quality, grayscale, shard_samples, num_cpus, max_skipped, ray_address, ray_runtime_env, resume, owner_dir,
+         rebuild_from, quiet, mode, split):
     """Encrypt a COCO detection set: IMAGES folder + instances JSON, letterboxed to --size.
 
     \b
@@ -213,7 +216,7 @@ def coco(images, annotations, out, keystore, passphrase_file, dataset_id, patch,
     summary = encrypt_dataset(listing, out, store, dataset_id or _source_name(images), settings,
                               workers=num_cpus, ray_address=ray_address, ray_runtime_env=runtime_env,
                               resume=resume, progress=not quiet,
-                              max_skipped_fraction=max_skipped)
+                              max_skipped_fraction=max_skipped, rebuild_from=rebuild_from)
     _report(summary, out)
 
 

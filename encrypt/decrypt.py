@@ -1,7 +1,8 @@
 """decrypt_release: the key holder's way from a release back to images.
 
 Each mode's inverse and secrets come from its `encrypt.ciphers.CIPHERS` entry, exactly as the
-job drew them. `shuffle` samples come back exactly as the cipher saw them (the PNG of a PNG
+job drew them: from the release subkey (derivation 2, the salt from the sealed index) or,
+for releases made before key separation, the dataset key (derivation 1). `shuffle` samples come back exactly as the cipher saw them (the PNG of a PNG
 release equals the resized, cropped source pixel for pixel; a JPEG release carries its
 encoding losses). The shuffling mixing modes come back to the mixed image: averaging cannot
 be undone. Keyless modes (`mix`, `none`) have nothing to decrypt.
@@ -20,7 +21,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from encrypt.ciphers import cipher_of
+from encrypt.ciphers import DerivationError, cipher_of, release_keys
 from encrypt.lock import holds_release
 from encrypt.sources import InputError
 from keys.errors import KeystoreError
@@ -95,7 +96,10 @@ def decrypt_release(out_dir: Path, dest: Path, keystore, *, ids: Iterable[str] |
     if refusal:
         raise InputError(f"{out_dir}: {refusal}")
     _check_dest(dest, out_dir)
-    dataset_key = keystore.dataset_key(manifest.dataset_id, manifest.dataset_key_id)
+    try:
+        keys = release_keys(keystore, manifest)  # derivation 1 or 2, as the signed manifest records
+    except DerivationError as exc:
+        raise InputError(f"{out_dir}: {exc}") from None
     try:
         index = load_index(keystore, manifest.dataset_id, manifest.dataset_key_id)
     except KeystoreError as exc:
@@ -121,7 +125,7 @@ def decrypt_release(out_dir: Path, dest: Path, keystore, *, ids: Iterable[str] |
                     if sample.key in written:  # else one image would silently overwrite the other
                         raise InputError(f"{out_dir}: sample {sample.key} appears twice in the release; "
                                          "run audit-shards verify")
-                    secrets = entry.secrets(dataset_key, split, sample.key, cipher)
+                    secrets = entry.secrets(keys, split, sample.key, cipher)
                     plain = entry.decrypt(sample.image, secrets, cipher.patch, cipher.sub_patch)
                     name = _output_name(split, sample.key, index, names)
                     target = staging / name

@@ -13,6 +13,12 @@ Ray's own failures become one line: a cluster that cannot be reached or joined i
 `ClusterError` naming the address (checked with a plain TCP connect first, since `ray.init`
 retries an unreachable address for minutes), and a shard task that fails is a
 `ShardTaskError` naming the shard, the node it ran on and the worker's own error.
+
+No key leaves the driver: each task is given its own samples' seeds (`ShardKeys`, computed
+here from the release key), never the dataset key or the release subkey. Seeds rather than
+a per-shard subkey because a sample's secrets must not depend on its shard (forget moves
+samples into new shards) and the driver derives ids and order anyway; a seed opens only its
+own sample. Both paths pass exactly the same arguments (`shard_arguments`).
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from encrypt.ciphers import ShardKeys
 from encrypt.job import ShardResult, encrypt_shard
 from encrypt.plan import JobSettings, ShardTask
 from encrypt.sources import InputError
@@ -167,25 +174,30 @@ def node_label(ray) -> str:
     return f"{ray.util.get_node_ip_address()} (node id {ray.get_runtime_context().get_node_id()})"
 
 
-def shard_task(task: ShardTask, settings: JobSettings, dataset_key, out_dir: str) -> ShardResult:
-    """The Ray task: one shard, tagged with the node that wrote it.
+def shard_arguments(task: ShardTask, settings: JobSettings, keys, out_dir) -> tuple:
+    """What one shard task is given, on either path: the task, settings, its seeds, OUT."""
+    return task, settings, ShardKeys.for_samples(keys, [(s.split, s.key) for s in task.samples]), str(out_dir)
+
+
+def shard_task(task: ShardTask, settings: JobSettings, seeds, out_dir: str) -> ShardResult:
+    """The Ray task: one shard from its own samples' seeds, tagged with the node that wrote it.
 
     The driver reads every shard back before it signs; when it cannot see one, the node named
     here is where the bytes went (a node-local OUT instead of a shared one).
     """
     import ray
 
-    result = encrypt_shard(task, settings, dataset_key, out_dir)
+    result = encrypt_shard(task, settings, seeds, out_dir)
     result.node = node_label(ray)
     return result
 
 
-def _run_in_process(tasks: Iterable[ShardTask], settings: JobSettings, dataset_key, out_dir: Path) -> Iterator[ShardResult]:
+def _run_in_process(tasks: Iterable[ShardTask], settings: JobSettings, keys, out_dir) -> Iterator[ShardResult]:
     for task in tasks:
-        yield encrypt_shard(task, settings, dataset_key, out_dir)
+        yield encrypt_shard(*shard_arguments(task, settings, keys, out_dir))
 
 
-def _run_on_ray(tasks: list[ShardTask], settings: JobSettings, dataset_key, out_dir: Path,
+def _run_on_ray(tasks: list[ShardTask], settings: JobSettings, keys, out_dir,
                 workers: int, address: str | None, runtime_env: dict | None,
                 say: Callable[[str], None] | None) -> Iterator[ShardResult]:
     import ray
@@ -196,10 +208,11 @@ def _run_on_ray(tasks: list[ShardTask], settings: JobSettings, dataset_key, out_
     try:
         (say or _stderr)(cluster_line(ray, address))
         remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(shard_task)
-        settings_ref, key_ref = ray.put(settings), ray.put(dataset_key)
+        settings_ref = ray.put(settings)
         task_of = {}
         for task in tasks:
-            task_of[remote.remote(task, settings_ref, key_ref, str(out_dir))] = task
+            one, _, seeds, out = shard_arguments(task, settings, keys, out_dir)
+            task_of[remote.remote(one, settings_ref, seeds, out)] = task
         pending = list(task_of)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -222,21 +235,21 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def run_shards(tasks: list[ShardTask], settings: JobSettings, dataset_key, out_dir: Path, *,
+def run_shards(tasks: list[ShardTask], settings: JobSettings, keys, out_dir, *,
                workers: int, address: str | None = None, runtime_env: dict | str | None = None,
                on_result: Callable[[ShardResult], None] | None = None,
                say: Callable[[str], None] | None = None) -> list[ShardResult]:
     """Run every task and return the results in completion order.
 
+    `keys`: the release's keys (keys.derive.ReleaseKey); they stay here, tasks get seeds.
     `address` None falls back to `RAY_ADDRESS`; `say` gets the cluster line (default: stderr).
     """
     address = cluster_address(address)
     runtime_env = load_runtime_env(runtime_env)
     if workers == 0 and not address:
-        stream = _run_in_process(tasks, settings, dataset_key, out_dir)
+        stream = _run_in_process(tasks, settings, keys, out_dir)
     else:
-        stream = _run_on_ray(tasks, settings, dataset_key, out_dir, max(workers, 1), address,
-                             runtime_env, say)
+        stream = _run_on_ray(tasks, settings, keys, out_dir, max(workers, 1), address, runtime_env, say)
     results = []
     for result in stream:
         if on_result:

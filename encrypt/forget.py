@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from encrypt.ciphers import DerivationError, release_keys
 from encrypt.decrypt import check_shard_digests, load_owned_manifest
 from encrypt.journal import INFO_TEMP_PATTERN, MANIFEST_TEMP_PATTERN, owner_dir
 from encrypt.lock import release_lock
@@ -94,6 +95,10 @@ def forget_samples(out_dir: Path, keystore, paths: Iterable[str], *, progress: b
 def _forget(out_dir: Path, keystore, paths: Iterable[str], progress: bool,
             finished: ForgetSummary | None) -> ForgetSummary:
     manifest = load_owned_manifest(out_dir, keystore)
+    try:  # the new version keeps extra.derivation and extra.release: it must stay decryptable
+        release_keys(keystore, manifest)
+    except DerivationError as exc:
+        raise InputError(f"{out_dir}: {exc}") from None
     index = load_index(keystore, manifest.dataset_id, manifest.dataset_key_id)
     targets = _ids_for_paths(index, paths, manifest.dataset_id)
     previous = manifest.digest()

@@ -1,8 +1,8 @@
 """One shard end to end: read, decode, transform, encrypt, encode, write, hash, rename.
 
 This is the unit of work a Ray task runs (encrypt/distribute.py). It is a plain function of
-its task, the settings and the dataset key, so a shard's bytes never depend on which worker
-ran it or how many there were.
+its task, the settings and its samples' seeds (`encrypt.ciphers.ShardKeys`, never a key), so
+a shard's bytes never depend on which worker ran it or how many there were.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class ShardResult:
     node: str = ""  # where it was written ("" in-process): a shard the driver cannot see names it
 
 
-def prepare_sample(sample: PlannedSample, settings: JobSettings, dataset_key) -> tuple[np.ndarray, dict | None, list[str]]:
+def prepare_sample(sample: PlannedSample, settings: JobSettings, keys) -> tuple[np.ndarray, dict | None, list[str]]:
     """Decode and shape one sample; returns (pixels, detection meta or None, notes).
 
     Centre crops go through `prepare_pixels`, the function the privacy audit takes its
@@ -50,7 +50,7 @@ def prepare_sample(sample: PlannedSample, settings: JobSettings, dataset_key) ->
     pixels = decode_source(item.path, settings.channels, settings.min_side)
     if settings.task == "detection":
         return _letterbox_with_objects(pixels, item.annotation or {}, settings)
-    rng = dataset_key.stream("crop/" + item.split, sample.key)
+    rng = keys.sample_keys(item.split, sample.key).crop_stream()
     return random_resized_crop(pixels, settings.size, rng), None, []
 
 
@@ -79,22 +79,24 @@ def _letterbox_with_objects(pixels: np.ndarray, annotation: dict, settings: JobS
     return img, meta, notes
 
 
-def encrypt_sample(pixels: np.ndarray, sample: PlannedSample, settings: JobSettings, dataset_key) -> bytes:
+def encrypt_sample(pixels: np.ndarray, sample: PlannedSample, settings: JobSettings, keys) -> bytes:
     """Cipher and encode one prepared image."""
     spec = settings.cipher_spec()
     if tuple(pixels.shape[:2]) != spec.image_size:
         raise ValueError(f"prepared pixels are {pixels.shape[0]}x{pixels.shape[1]}, the cipher sees "
                          f"{spec.image_size[0]}x{spec.image_size[1]}")
     cipher = cipher_of(spec.mode)
-    secrets = cipher.secrets(dataset_key, sample.split, sample.key, spec)
+    secrets = cipher.secrets(keys, sample.split, sample.key, spec)
     enc = cipher.encrypt(pixels, secrets, spec.patch, spec.sub_patch)
     return encode_image(enc, settings.format, settings.quality)
 
 
-def encrypt_shard(task: ShardTask, settings: JobSettings, dataset_key, out_dir: Path) -> ShardResult:
+def encrypt_shard(task: ShardTask, settings: JobSettings, keys, out_dir: Path) -> ShardResult:
     """Write one complete shard (or nothing: the writer renames only on success).
 
-    For a URL OUT the shard is written to a local temp folder and uploaded once complete."""
+    `keys` gives each sample's seeds (`sample_keys`); the driver sends a `ShardKeys`. For a URL
+    OUT the shard is written to a local temp folder and uploaded once complete.
+    """
     start = time.perf_counter()
     skipped: list[Skipped] = []
     ext = extension(settings.format)
@@ -102,12 +104,12 @@ def encrypt_shard(task: ShardTask, settings: JobSettings, dataset_key, out_dir: 
         for sample in task.samples:
             item = sample.item
             try:
-                pixels, meta, notes = prepare_sample(sample, settings, dataset_key)
+                pixels, meta, notes = prepare_sample(sample, settings, keys)
             except DecodeError as exc:
                 skipped.append(Skipped(item.split, item.rel_path, str(exc)))
                 continue
             skipped.extend(Skipped(item.split, item.rel_path, note, whole_sample=False) for note in notes)
-            writer.write(sample.key, encrypt_sample(pixels, sample, settings, dataset_key), ext,
+            writer.write(sample.key, encrypt_sample(pixels, sample, settings, keys), ext,
                          cls=item.label, meta=meta)
         entry = writer.close()
         storage.publish(writer.path, out_dir)  # a store: upload the finished shard whole

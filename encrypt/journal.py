@@ -4,7 +4,9 @@ It lives on the data owner's side, beside OUT (in OUT.owner/), never inside OUT:
 records name skipped source paths. One JSON line per finished shard, flushed and fsynced
 before the next shard is reported, so `kill -9` loses at most the shards in flight. The
 first line (written atomically, fsynced, 0600) fingerprints the job (settings, dataset key
-id, planned sample ids); resuming a different job is refused.
+id, planned sample ids) and keeps the release's salt, so a resumed job draws exactly what the
+interrupted one drew; resuming a different job is refused. The salt is not a secret (an HKDF
+salt makes releases differ; the dataset key is what is secret) but stays owner-side anyway.
 
 Resuming touches only what the job itself put in OUT: its shards, its manifest and the
 temporary files of writes a kill interrupted (`shards.writer.TEMP_PATTERN` for shards, the
@@ -13,6 +15,8 @@ is not the job's: resume refuses, naming it, and changes nothing.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import re
@@ -106,10 +110,22 @@ class Journal:
         self.finished: dict[str, tuple[ShardEntry, list[Skipped]]] = {}
 
     @classmethod
-    def start(cls, path: Path, fingerprint: str) -> "Journal":
+    def start(cls, path: Path, fingerprint: str, salt: bytes) -> "Journal":
         make_owner_dir(path.parent)
-        atomic_write_bytes(path, (json.dumps({"job": fingerprint}) + "\n").encode("utf-8"), 0o600)
+        header = {"job": fingerprint, "salt": base64.b64encode(salt).decode("ascii")}
+        atomic_write_bytes(path, (json.dumps(header) + "\n").encode("utf-8"), 0o600)
         return cls(path, fingerprint)
+
+    @staticmethod
+    def read_salt(path: Path) -> bytes:
+        """The release salt the interrupted job drew with (read before planning a resume)."""
+        try:
+            header = json.loads(Path(path).read_text().splitlines()[0])
+            salt = base64.b64decode(header["salt"], validate=True)
+        except (OSError, IndexError, ValueError, KeyError, TypeError, binascii.Error):
+            raise InputError(f"{path}: the job journal holds no release salt (unreadable, or written before "
+                             "key separation); start again in a new OUT") from None
+        return salt
 
     @classmethod
     def resume(cls, path: Path, fingerprint: str, out_dir: Path) -> "Journal":

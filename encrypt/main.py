@@ -1,6 +1,7 @@
 """encrypt_dataset: the whole release, from a source listing to a signed manifest.
 
-Pre-flight (header probe) → plan (keyed order) → run shard tasks (Ray) → journal each shard
+Pre-flight (header probe) → release subkey (fresh salt; the journal's on --resume; a signed
+release's with --rebuild-from) → plan (keyed order) → run shard tasks (Ray) → journal each shard
 → refuse a release that would leave a split empty (or skip more than the owner allows),
 undoing the run → sign the manifest → log `used-for-job` in the custody log → write the
 owner's report. This is the function the command line, the demo and the tests call.
@@ -20,13 +21,16 @@ from pathlib import Path
 
 from PIL import Image
 
+from encrypt.ciphers import DerivationError, derivation_of
 from encrypt.confirm import confirm_present, confirm_shard, sweep_temps
+from encrypt.decrypt import load_owned_manifest
 from encrypt.distribute import check_address, cluster_address, load_runtime_env, run_shards
 from encrypt.journal import Journal, make_owner_dir, own_leftovers, owner_dir
 from encrypt.lock import holds_release
 from encrypt.plan import JobSettings, plan_shards
 from encrypt.sources import InputError, Skipped, SourceListing, display_path
-from keys.index import save_index
+from keys.derive import DERIVATION_VERSION, json_copy, new_release_salt
+from keys.index import load_release, release_record, save_index
 from shards.console import progress_bar
 from shards import storage
 from shards.common import atomic_write_bytes, fsync_directory
@@ -87,15 +91,44 @@ def check_out_dir(out_dir: Path, src_dirs: list[Path], resume: bool) -> None:
         raise InputError(f"{out_dir}: output folder is not empty (use --resume to continue an interrupted job)")
 
 
-def _fingerprint(settings: JobSettings, dataset_id: str, key_id: str, tasks) -> str:
+def _fingerprint(settings: JobSettings, dataset_id: str, key_id: str, release_id: str, tasks) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"settings": settings.fingerprint_fields(), "dataset": dataset_id,
-                         "key": key_id}, sort_keys=True).encode())
+                         "key": key_id, "release": release_id}, sort_keys=True).encode())
     for task in tasks:
         h.update(task.name.encode())
         for s in task.samples:
             h.update(s.key.encode())
     return h.hexdigest()
+
+
+def rebuild_salt(release: Path, keystore, dataset_id: str, settings: JobSettings) -> bytes:
+    """The salt of a signed release of this keystore, to rebuild it byte for byte (--rebuild-from).
+
+    Refused unless the release is of the same dataset, the current dataset key, derivation 2
+    and the same settings: anything else would not be that release, and a salt is only ever
+    reused for the release it was drawn for.
+    """
+    where = f"--rebuild-from {release}"
+    try:
+        manifest = load_owned_manifest(Path(release), keystore)
+        version, release_id = derivation_of(manifest)
+    except (InputError, DerivationError) as exc:
+        raise InputError(where, str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a manifest that does not load: one line
+        raise InputError(where, f"not a release of this keystore ({type(exc).__name__})") from None
+    if manifest.dataset_id != dataset_id:
+        raise InputError(where, f"is a release of dataset {manifest.dataset_id!r}, not {dataset_id!r}")
+    if version != DERIVATION_VERSION:
+        raise InputError(where, "was made before key separation (derivation 1); it cannot be rebuilt, "
+                                "make a new release instead")
+    if manifest.dataset_key_id != keystore.dataset_key(dataset_id, log=False).dataset_key_id:
+        raise InputError(where, "was made with an earlier dataset key (rotated since); make a new release")
+    salt, binding = load_release(keystore, dataset_id, manifest.dataset_key_id, release_id)
+    if binding != json_copy(settings.release_binding()):
+        raise InputError(where, "was made with other settings (mode, patch, size, format, quality, channels, "
+                                "views, resize or task); give the same options to rebuild it")
+    return salt
 
 
 class JobRefused(InputError):
@@ -238,7 +271,7 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
                     settings: JobSettings, *, workers: int = 0, ray_address: str | None = None,
                     ray_runtime_env: dict | str | None = None, resume: bool = False, hide_class_names: bool = False,
                     progress: bool = True, max_skipped_fraction: float | None = None,
-                    probe: int = PREFLIGHT_PROBE) -> JobSummary:
+                    probe: int = PREFLIGHT_PROBE, rebuild_from: Path | None = None) -> JobSummary:
     """Encrypt a listed dataset into signed shards under out_dir; return the summary.
 
     A job that would leave a split empty, or (with `max_skipped_fraction`) skip more than
@@ -248,6 +281,10 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
     `probe` images per split are header-checked first (see `preflight`; 0: only splits
     without images). A resumed job removes only its own temp files and refuses an OUT
     holding anything else.
+
+    Every keyed draw comes from a release subkey (keys.derive.ReleaseKey) bound to the
+    settings and a salt: fresh for a new job, the journal's on resume, `rebuild_from`'s
+    (a signed release of this keystore, same dataset and settings) to rebuild it exactly.
     """
     out_dir = storage.location(out_dir)  # a URL stays a URL: shards are uploaded, manifest last
     max_skipped_fraction = check_max_skipped_fraction(max_skipped_fraction)
@@ -264,15 +301,25 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
         check_address(ray_address)  # an unreachable cluster is refused before anything is written
     preflight(listing, settings, out_dir, probe)
     dataset_key = keystore.dataset_key(dataset_id, log=False)  # logged when the release is signed
-    tasks = plan_shards(listing, dataset_key, settings)
-    fingerprint = _fingerprint(settings, dataset_id, dataset_key.dataset_key_id, tasks)
+    if resuming:
+        salt = Journal.read_salt(journal_path)
+        if rebuild_from is not None and salt != rebuild_salt(rebuild_from, keystore, dataset_id, settings):
+            raise InputError(f"--rebuild-from {rebuild_from}", "the interrupted job in OUT is another release")
+    elif rebuild_from is not None:
+        salt = rebuild_salt(rebuild_from, keystore, dataset_id, settings)
+    else:
+        salt = new_release_salt()
+    binding = settings.release_binding()
+    release_key = dataset_key.release_key(binding, salt)
+    tasks = plan_shards(listing, release_key, settings)
+    fingerprint = _fingerprint(settings, dataset_id, dataset_key.dataset_key_id, release_key.release_id, tasks)
     if resuming:
         journal = Journal.resume(journal_path, fingerprint, out_dir)
         leftovers = own_leftovers(out_dir, [t.name for t in tasks])  # refuses anything foreign
         for leftover in leftovers:  # temp files of writes in flight when a job died
             leftover.unlink()
     else:
-        journal = Journal.start(journal_path, fingerprint)
+        journal = Journal.start(journal_path, fingerprint, salt)
     storage.makedirs(out_dir)
     todo = [t for t in tasks if t.name not in journal.finished]
     resumed = len(tasks) - len(todo)
@@ -295,7 +342,7 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
         bar.update(1)
 
     try:
-        run_shards(todo, settings, dataset_key, out_dir, workers=workers, address=ray_address,
+        run_shards(todo, settings, release_key, out_dir, workers=workers, address=ray_address,
                    runtime_env=ray_runtime_env, on_result=on_result)
     finally:
         bar.close()
@@ -318,13 +365,15 @@ def encrypt_dataset(listing: SourceListing, out_dir: Path, keystore, dataset_id:
 
     _settle(out_dir, splits, node_of)  # through OUT's own filesystem: no shared-disk assumption
     keystore.dataset_key(dataset_id)  # logs dataset-derived the first time, before used-for-job
-    save_index(keystore, dataset_id, _index_entries(tasks, skipped))
+    save_index(keystore, dataset_id, _index_entries(tasks, skipped),
+               {release_key.release_id: release_record(salt, binding)})
     manifest = Manifest(
         task=settings.task, dataset_id=dataset_id, cipher=settings.cipher_spec(), splits=splits,
         num_classes=len(listing.class_names),
         class_names=None if hide_class_names else list(listing.class_names),
         categories=listing.categories, key_id=dataset_key.dataset_key_id, tool_version=tool_version(),
         created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        extra={"derivation": DERIVATION_VERSION, "release": release_key.release_id},
     )
     info = info_bytes(manifest)  # timm's split list, signed through its digest
     manifest = dataclasses.replace(manifest, info_sha256=info_sha256(info)).signed(keystore.sign, keystore.public_key)

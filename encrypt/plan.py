@@ -72,6 +72,12 @@ class JobSettings:
                                     self.format, self.quality if self.format == "jpeg" else None,
                                     self.channels)
 
+    def release_binding(self) -> dict:
+        """What a release subkey is bound to (keys.derive.ReleaseKey): every setting that changes
+        the stored pixels. The cipher spec is the manifest's own record, so decrypt can check it."""
+        return {"cipher": self.cipher_spec().to_dict(), "task": self.task, "views": self.views,
+                "resize": self.resize}
+
     def fingerprint_fields(self) -> dict:
         return dict(self.__dict__)
 
@@ -108,24 +114,27 @@ def check_split(split: str | None) -> str | None:
         raise SettingsError.from_manifest_error(exc) from None
 
 
-def sample_key(dataset_key, rel_path: str, view: int, views: int) -> str:
-    """Opaque id of one stored sample; views of one image get unrelated-looking ids."""
+def sample_key(keys, rel_path: str, view: int, views: int) -> str:
+    """Opaque id of one stored sample; views of one image get unrelated-looking ids.
+
+    `keys`: the release's keys.derive.ReleaseKey (a DatasetKey for derivation-1 releases).
+    """
     if views <= 1:
-        return dataset_key.sample_id(rel_path)
-    return dataset_key.sample_id(f"{rel_path}\x00view{view}")
+        return keys.sample_id(rel_path)
+    return keys.sample_id(f"{rel_path}\x00view{view}")
 
 
-def plan_shards(listing: SourceListing, dataset_key, settings: JobSettings) -> list[ShardTask]:
+def plan_shards(listing: SourceListing, keys, settings: JobSettings) -> list[ShardTask]:
     """Shard tasks for every split: keyed order, `settings.shard_samples` samples each."""
     by_split: dict[str, list[PlannedSample]] = {}
     for item in listing.items:
         keyed_views = settings.views > 1 and item.split == "train" and settings.task == "classification"
         for view in (range(settings.views) if keyed_views else (-1,)):
-            key = sample_key(dataset_key, item.rel_path, view, settings.views if keyed_views else 1)
+            key = sample_key(keys, item.rel_path, view, settings.views if keyed_views else 1)
             by_split.setdefault(item.split, []).append(PlannedSample(key, item, view))
     tasks = []
     for split in sorted(by_split):
-        samples = sorted(by_split[split], key=lambda s: dataset_key.order_key(split, s.key))
+        samples = sorted(by_split[split], key=lambda s: keys.order_key(split, s.key))
         n = settings.shard_samples
         for index, start in enumerate(range(0, len(samples), n)):
             tasks.append(ShardTask(split, index, tuple(samples[start:start + n])))

@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=2)
     args = parser.parse_args()
 
-    from encrypt.ciphers import cipher_of, mix
+    from encrypt.ciphers import cipher_of, mix, release_keys
     from encrypt.decode import decode_image
     from encrypt.geometry import resize_center_crop
     from keys.custody import verify_chain
@@ -91,13 +91,13 @@ def main() -> None:
     paths = [sorted(d.glob("*.png"))[0] for d in sorted((SAMPLE / "val").iterdir()) if d.is_dir()]
     plain = {}
     for mode in MODES:
-        dk = store.dataset_key(f"fashion-mnist-demo-{mode}")
+        dk = release_keys(store, load_manifest(out / f"release-{mode}"))  # the release's own keys
         for p in paths:
             plain[(mode, dk.sample_id(p.relative_to(SAMPLE).as_posix()))] = p
     tiles = {p: {} for p in paths}
     exact = checked = 0
     for mode in MODES:
-        dk = store.dataset_key(f"fashion-mnist-demo-{mode}")
+        dk = release_keys(store, load_manifest(out / f"release-{mode}"))
         for sample in iter_samples(out / f"release-{mode}", "val"):
             path = plain.get((mode, sample.key))
             if path is None:

@@ -35,6 +35,9 @@ from shards.modes import GeometryError, Mode, mode_of
 from shards.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Sign, verify_signature
 
 FORMAT_VERSION = 2
+# `extra.derivation` and `extra.release` (encrypt.ciphers.derivation_of) say how the owner drew the
+# keys; only key holders read them, so they stay in `extra` (readers of format 1 load them too),
+# and a manifest without them is derivation 1.
 MANIFEST_NAME = "manifest.json"
 STORAGE_FORMATS = ("jpeg", "png")
 TASKS = ("classification", "detection")

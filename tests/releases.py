@@ -61,3 +61,10 @@ def make_keystore(tmp_path_factory, passphrase: bytes = b"test keystore: correct
     from keys.keystore import create_keystore
 
     return create_keystore(tmp_path_factory.mktemp("ks") / "keystore", passphrase)
+
+
+def keys_of(keystore, out: Path):
+    """The keys a release's draws come from (its recorded derivation, its salt), as decrypt reads them."""
+    from encrypt.ciphers import release_keys
+
+    return release_keys(keystore, load_manifest(out))

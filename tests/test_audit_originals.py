@@ -20,7 +20,7 @@ from encrypt.ciphers import unshuffle
 from encrypt.geometry import resize_center_crop
 from encrypt.main import encrypt_dataset
 from encrypt.sources import list_imagefolder
-from releases import job_settings, make_keystore
+from releases import job_settings, make_keystore, keys_of
 from shards.reader import iter_samples
 
 SIZE, PATCH = 64, 16
@@ -46,7 +46,7 @@ def release(tmp_path_factory):
     out = tmp_path_factory.mktemp("rel") / "release"
     settings = job_settings(mode="shuffle", patch=PATCH, size=SIZE, resize=SIZE, channels=3, format="png")
     encrypt_dataset(list_imagefolder(src), out, keystore, "originals", settings, progress=False)
-    key = keystore.dataset_key("originals")
+    key = keys_of(keystore, out)
     n = MODES["shuffle"].draws((SIZE, SIZE), PATCH)[0]
     seen = {}  # rel_path -> the exact picture the cipher encrypted
     by_key = {key.sample_id(rel): rel for rel in ("train/cat/chelsea-exif6.jpg", "train/person/astronaut.png")}
@@ -72,7 +72,7 @@ def test_images_original_of_an_exif_rotated_jpeg_is_what_the_cipher_saw(release,
 def test_release_originals_are_what_the_cipher_saw(release):
     cases, cipher = cases_from_release(release["out"], release["keystore"], release["src"], limit=8, resize=SIZE)
     assert cipher.mode == "shuffle" and len(cases) == 2
-    key = release["keystore"].dataset_key("originals")
+    key = keys_of(release["keystore"], release["out"])
     rel = {key.sample_id(r): r for r in release["seen"]}
     for case in cases:
         assert np.array_equal(case.original, release["seen"][rel[case.name]])

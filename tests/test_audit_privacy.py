@@ -13,7 +13,7 @@ from audit.privacy import privacy_command
 from conftest import natural_photos
 from shards.modes import MODES
 from encrypt.ciphers import unshuffle
-from releases import make_keystore, make_release, write_imagefolder
+from releases import make_keystore, make_release, write_imagefolder, keys_of
 
 PASSPHRASE = b"test keystore: correct horse battery 5c1e"
 
@@ -146,7 +146,7 @@ def test_owner_release_is_attacked_and_scored_with_the_owner_key(tmp_path_factor
     report = json.loads((out / "privacy.json").read_text())
     assert report["cipher"]["mode"] == "shuffle" and report["cipher"]["channels"] == 1
     assert len(report["images"]) == 4
-    key = keystore.dataset_key("fm-audit")
+    key = keys_of(keystore, shards)
     by_key = {key.sample_id(rel): path for rel, path in files.items()}
     for entry in report["images"]:
         assert entry["name"] in by_key  # opaque sample keys, never source paths

@@ -20,7 +20,7 @@ from encrypt.geometry import resize_center_crop
 from encrypt.risk import risk_line
 from research.scramble import scramble_length, scramble_tiles, unscramble_tiles
 from keys.derive import DatasetKey
-from releases import make_keystore, make_release, write_imagefolder
+from releases import make_keystore, make_release, write_imagefolder, keys_of
 from shards.manifest import CipherSpec
 from shards.reader import iter_samples
 from train.models import DihedralPatchEmbed, model_for_cipher
@@ -125,7 +125,7 @@ def test_mix_shuffle_orient_release_through_the_real_job(tmp_path, keystore):
                             dataset_id="fm-orient")
     assert manifest.cipher.mode == "mix-shuffle-orient" and manifest.cipher.stored_size == (16, 16)
     assert manifest.cipher.tile == 2
-    key = keystore.dataset_key("fm-orient")
+    key = keys_of(keystore, out)
     by_key = {key.sample_id(rel): path for rel, path in files.items()}
     samples = list(iter_samples(out, "train"))
     assert len(samples) == 24

@@ -6,6 +6,7 @@ shard, the sealed index and a custody entry before noticing some of these).
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,12 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
+def _code_under_test() -> dict[str, str]:
+    """PYTHONPATH when set, so an installed entry point runs this checkout's code, not the
+    installed one (whose older format readers would meet this checkout's keystore files)."""
+    return {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
+
+
 @pytest.mark.parametrize("command", ["dataset-keys", "encrypt-dataset", "train-encrypted", "audit-shards"])
 def test_every_command_has_version(command):
     from importlib.metadata import version
@@ -150,7 +157,8 @@ def test_progress_bars_stay_out_of_logs(tmp_path, keystore):
     done = subprocess.run([_bin("encrypt-dataset"), "imagefolder", str(SAMPLE), str(out), *SAMPLE_GEOMETRY,
                            "--mode", "shuffle", "--shard-samples", "1000"],
                           capture_output=True, text=True, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", **_env(keystore), "OMP_NUM_THREADS": "1"})
+                          env={"PATH": "/usr/bin:/bin", **_env(keystore), "OMP_NUM_THREADS": "1",
+                               **_code_under_test()})
     assert done.returncode == 0, done.stderr
     assert "\r" not in done.stderr and "shard/s" not in done.stderr
     assert "wrote 2500 images" in done.stdout

@@ -29,7 +29,7 @@ from encrypt.main import encrypt_dataset
 from encrypt.plan import JobSettings
 from encrypt.sources import InputError, list_coco, list_imagefolder
 from keys.index import load_index
-from releases import job_settings, make_keystore, write_imagefolder
+from releases import job_settings, make_keystore, write_imagefolder, keys_of
 from shards.errors import describe_os_error
 from shards.reader import iter_samples, load_manifest, verify_shards
 
@@ -86,7 +86,7 @@ def undecodable(tmp_path_factory, keystore):
 def test_a_file_name_that_is_not_utf8_is_encrypted_like_any_other(undecodable, keystore):
     u = undecodable
     assert u["summary"].images_written == 31
-    dk = keystore.dataset_key("fm-undecodable")
+    dk = keys_of(keystore, u["out"])
     wanted = {dk.sample_id(rel) for rel in u["files"]} | {dk.sample_id(u["good"])}
     assert sorted(_keys(u["out"])) == sorted(wanted)
     manifest = load_manifest(u["out"], public_key=keystore.public_key)
@@ -128,7 +128,7 @@ def test_decrypt_and_forget_find_the_undecodable_file_by_its_own_name(undecodabl
     assert back.tobytes() == resize_center_crop(u["good_pixels"][..., None], 32, 32)[..., 0].tobytes()
 
     # forget --path gets the name as the shell passes it: on Linux, argv bytes decode the same way
-    dk = keystore.dataset_key("fm-undecodable")
+    dk = keys_of(keystore, release)
     gone = forget_samples(release, keystore, [u["good"]], progress=False)
     assert gone.removed == 1 and gone.already_absent == 0
     assert dk.sample_id(u["good"]) not in _keys(release)
@@ -190,7 +190,7 @@ def test_an_unreadable_folder_is_reported_not_silently_left_out(tmp_path, keysto
     out = tmp_path / "release"
     summary = encrypt_dataset(listing, out, keystore, "fm-locked", job_settings(), progress=False)
     assert summary.images_written == 30
-    dk = keystore.dataset_key("fm-locked")
+    dk = keys_of(keystore, out)
     assert sorted(_keys(out)) == sorted(dk.sample_id(rel) for rel in files)
     report, _ = _skipped(out)
     reasons = {r["rel_path"]: r["reason"] for r in report}
@@ -271,7 +271,7 @@ def test_bad_coco_entries_are_skipped_with_reasons(tmp_path, keystore, canvas):
     manifest = load_manifest(out, public_key=keystore.public_key)
     assert [c["id"] for c in manifest.categories] == list(range(1, 11))  # "ghost" dropped
     assert verify_shards(out, manifest) == []
-    dk = keystore.dataset_key("canvas-bad")
+    dk = keys_of(keystore, out)
     by_key = {dk.sample_id(name[i]): i for i in kept_ids}
     samples = list(iter_samples(out, "train"))
     assert sorted(by_key[s.key] for s in samples) == kept_ids

@@ -12,6 +12,7 @@ from encrypt.plan import JobSettings
 from encrypt.sources import InputError, list_coco
 from keys.keystore import create_keystore
 from shards.reader import iter_samples, load_manifest, verify_shards
+from releases import keys_of
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_boxes_follow_the_objects_into_the_mixed_image(tmp_path, keystore, fmnis
     assert [c["id"] for c in manifest.categories] == list(range(1, 11))
     assert verify_shards(out, manifest) == []
 
-    dk = keystore.dataset_key("canvas")
+    dk = keys_of(keystore, out)
     by_key = {dk.sample_id(img["file_name"]): img for img in coco["images"]}
     anns = {}
     for a in coco["annotations"]:

@@ -21,7 +21,7 @@ from keys.custody import read_identity
 from keys.keystore import create_keystore, open_keystore
 from shards.manifest import Manifest
 from shards.reader import iter_samples, load_manifest
-from releases import job_settings as settings, read_samples, write_imagefolder
+from releases import job_settings as settings, read_samples, write_imagefolder, keys_of
 
 PASSPHRASE = "Okapi-Lemur-3318-decrypt-forget"
 
@@ -124,7 +124,7 @@ def test_mix_has_nothing_to_decrypt(owner, keystore_copy, tmp_path):
 def test_only_the_requested_ids_are_decrypted(owner, keystore_copy, tmp_path):
     release = owner["releases"]["shuffle"]
     wanted = [s.key for s in iter_samples(release, "val")][:2]
-    by_id = {owner["store"].dataset_key("fm-shuffle").sample_id(rel): rel for rel in owner["files"]}
+    by_id = {keys_of(owner["store"], owner["releases"]["shuffle"]).sample_id(rel): rel for rel in owner["files"]}
     result = run("decrypt", release, tmp_path / "two", "--ids", ",".join(wanted), keystore=keystore_copy)
     assert result.exit_code == 0, result.output
     assert sorted(p.relative_to(tmp_path / "two").as_posix() for p in (tmp_path / "two").rglob("*.png")) == \
@@ -188,7 +188,7 @@ def test_after_destroy_decrypt_fails_clearly(owner, keystore_copy, tmp_path):
 # -- forget --------------------------------------------------------------------------------
 
 def test_forget_rewrites_only_the_affected_shards_and_verifies(owner, keystore_copy, shuffle_copy, tmp_path):
-    dk = owner["store"].dataset_key("fm-shuffle")
+    dk = keys_of(owner["store"], owner["releases"]["shuffle"])
     gone = [sorted(r for r in owner["files"] if r.startswith(split + "/"))[3] for split in ("train", "val")]
     gone_ids = {dk.sample_id(rel) for rel in gone}
     before = load_manifest(shuffle_copy)
@@ -203,7 +203,8 @@ def test_forget_rewrites_only_the_affected_shards_and_verifies(owner, keystore_c
     assert f"removed 2 sample(s); rewrote {len(holding)} shard(s); manifest version 2" in result.stdout
 
     after = load_manifest(shuffle_copy, public_key=owner["store"].public_key)
-    assert after.extra == {"version": 2, "previous_manifest": before.digest()}
+    assert after.extra == {"version": 2, "previous_manifest": before.digest(),  # the derivation is kept
+                           "derivation": 2, "release": before.extra["release"]}
     assert after.samples("train") + after.samples("val") == 54
     for split, entries in after.splits.items():
         old_names = [e.name for e in before.splits[split]]
@@ -237,7 +238,7 @@ def test_forget_rewrites_only_the_affected_shards_and_verifies(owner, keystore_c
 
 
 def test_forgetting_every_sample_of_a_shard_drops_it(owner, keystore_copy, shuffle_copy):
-    dk = owner["store"].dataset_key("fm-shuffle")
+    dk = keys_of(owner["store"], owner["releases"]["shuffle"])
     manifest = load_manifest(shuffle_copy)
     last_val = manifest.splits["val"][-1]
     ids = {k for k, _ in read_samples(shuffle_copy / last_val.name)}
@@ -263,7 +264,7 @@ def test_forget_an_unknown_path_changes_nothing(owner, keystore_copy, shuffle_co
 
 
 def test_forget_refuses_a_tampered_shard(owner, keystore_copy, shuffle_copy):
-    dk = owner["store"].dataset_key("fm-shuffle")
+    dk = keys_of(owner["store"], owner["releases"]["shuffle"])
     rel = sorted(owner["files"])[0]
     name = next(e.name for es in load_manifest(shuffle_copy).splits.values() for e in es
                 if dk.sample_id(rel) in {k for k, _ in read_samples(shuffle_copy / e.name)})

@@ -24,7 +24,7 @@ from encrypt.geometry import resize_center_crop
 from encrypt.main import encrypt_dataset
 from encrypt.sources import list_imagefolder
 from keys.keystore import create_keystore, open_keystore
-from releases import job_settings as settings, write_imagefolder
+from releases import job_settings as settings, write_imagefolder, keys_of
 from shards.reader import iter_samples, load_manifest, verify_shards
 
 PASSPHRASE = "correct horse battery staple 7f3a"
@@ -51,7 +51,7 @@ def test_shuffle_release_decrypts_byte_exact(tmp_path, keystore, src):
     assert verify_shards(out, manifest) == []
     assert manifest.samples("train") == 60 and manifest.samples("val") == 20
     assert len(manifest.splits["train"]) == 4  # 16 per shard
-    dk = keystore.dataset_key("fm-shuffle")
+    dk = keys_of(keystore, out)
     by_key = {dk.sample_id(rel): (rel, path) for rel, path in files.items()}
     seen = Counter()
     for split in ("train", "val"):
@@ -74,7 +74,7 @@ def test_mix_shuffle_unshuffles_to_the_mixed_image(tmp_path, keystore, src):
                     settings(mode="mix-shuffle", sub_patch=2), progress=False)
     manifest = load_manifest(out, public_key=keystore.public_key)
     assert manifest.cipher.stored_size == (16, 16)
-    dk = keystore.dataset_key("fm-ms")
+    dk = keys_of(keystore, out)
     by_key = {dk.sample_id(rel): path for rel, path in files.items()}
     for sample in iter_samples(out, "val"):
         plain = resize_center_crop(decode_image(by_key[sample.key], 1), 32, 32)
@@ -87,7 +87,7 @@ def test_keyed_order_hides_source_order(tmp_path, keystore, src):
     root, files = src
     out = tmp_path / "release"
     encrypt_dataset(list_imagefolder(root), out, keystore, "fm-order", settings(shard_samples=100), progress=False)
-    dk = keystore.dataset_key("fm-order")
+    dk = keys_of(keystore, out)
     source_order = [dk.sample_id(rel) for rel in sorted(r for r in files if r.startswith("train/"))]
     stored = [s.key for s in iter_samples(out, "train")]
     assert sorted(stored) == sorted(source_order)
@@ -101,10 +101,12 @@ def test_same_inputs_same_bytes_in_process_and_on_ray(tmp_path, keystore, src):
     listing = list_imagefolder(root)
     a = encrypt_dataset(listing, tmp_path / "a", keystore, "fm-det", settings(mode="mix-shuffle", sub_patch=2),
                         progress=False)
+    # the same release rebuilt (its salt from the sealed index) on two Ray workers
     b = encrypt_dataset(listing, tmp_path / "b", keystore, "fm-det", settings(mode="mix-shuffle", sub_patch=2),
-                        workers=2, progress=False)
+                        workers=2, progress=False, rebuild_from=tmp_path / "a")
     ma, mb = load_manifest(tmp_path / "a"), load_manifest(tmp_path / "b")
     assert ma.splits == mb.splits  # names, sha256, bytes and counts of every shard
+    assert ma.extra == mb.extra == {"derivation": 2, "release": ma.extra["release"]}
     assert a.images_written == b.images_written == 80
 
 
@@ -231,7 +233,7 @@ def test_kill_9_then_resume_gives_every_sample_exactly_once(tmp_path, keystore):
     manifest = load_manifest(out, public_key=keystore.public_key)
     assert verify_shards(out, manifest) == []
     keys = [s.key for s in iter_samples(out, "train")]
-    dk = keystore.dataset_key("fm-kill")
+    dk = keys_of(keystore, out)
     assert Counter(keys) == Counter(dk.sample_id(rel) for rel in files)
     assert not any(p.name.startswith(".") for p in out.iterdir())
 
@@ -251,7 +253,7 @@ def test_views_are_keyed_crops_of_training_images_only(tmp_path, keystore, src):
     summary = encrypt_dataset(list_imagefolder(root), out, keystore, "fm-views",
                               settings(views=3, resize=36), progress=False)
     assert summary.images_written == 60 * 3 + 20
-    dk = keystore.dataset_key("fm-views")
+    dk = keys_of(keystore, out)
     train = {s.key: s for s in iter_samples(out, "train")}
     rel = sorted(r for r in files if r.startswith("train/"))[0]
     views = [train[dk.sample_id(f"{rel}\x00view{v}")] for v in range(3)]
@@ -260,5 +262,6 @@ def test_views_are_keyed_crops_of_training_images_only(tmp_path, keystore, src):
     val_keys = {s.key for s in iter_samples(out, "val")}
     assert val_keys == {dk.sample_id(r) for r in files if r.startswith("val/")}  # one centre crop each
     again = tmp_path / "again"
-    encrypt_dataset(list_imagefolder(root), again, keystore, "fm-views", settings(views=3, resize=36), progress=False)
+    encrypt_dataset(list_imagefolder(root), again, keystore, "fm-views", settings(views=3, resize=36), progress=False,
+                    rebuild_from=out)
     assert load_manifest(again).splits == load_manifest(out).splits  # keyed views are reproducible

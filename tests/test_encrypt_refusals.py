@@ -305,7 +305,7 @@ def test_a_failed_shard_task_names_the_shard_and_the_node(tmp_path, keystore):
     root = tmp_path / "src"
     write_imagefolder(root, {"train": 8})
     settings = job_settings()
-    dataset_key = keystore.dataset_key("fm-task")
+    dataset_key = keystore.dataset_key("fm-task").release_key({"test": 1}, bytes(32))
     tasks = plan_shards(list_imagefolder(root), dataset_key, settings)
     out = tmp_path / "not-on-this-node"
     with pytest.raises(ShardTaskError) as caught:

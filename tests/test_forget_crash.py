@@ -24,7 +24,7 @@ from encrypt.main import encrypt_dataset
 from encrypt.sources import list_imagefolder
 from keys.custody import read_identity
 from keys.keystore import create_keystore, open_keystore
-from releases import job_settings as settings, read_samples, write_imagefolder
+from releases import job_settings as settings, read_samples, write_imagefolder, keys_of
 from shards.reader import load_manifest
 
 PASSPHRASE = "Quokka-Marten-5521-forget-crash"
@@ -67,7 +67,7 @@ def forgotten_entries(keystore: Path) -> list[dict]:
 
 def target(owner, out: Path) -> tuple[str, str, bytes, str]:
     """A train sample in the release's second train shard: (path, id, stored image bytes, shard)."""
-    dk = owner["store"].dataset_key("fm-crash")
+    dk = keys_of(owner["store"], out)
     shard = load_manifest(out).splits["train"][1].name
     key, members = read_samples(out / shard)[2]
     rel = next(r for r in owner["files"] if dk.sample_id(r) == key)

@@ -122,11 +122,17 @@ def test_repr_and_str_never_show_the_key():
         assert KEY.hex()[:12] not in text and "fmnist" in text and key.dataset_key_id in text
 
 
-def test_a_pickled_key_derives_the_same_permutations():
-    # the encryption job ships dataset keys to worker processes
+def test_keys_refuse_to_be_pickled_and_seeds_pickle_intact():
+    # the dataset key and release subkeys never leave the owner's process; workers get seeds
     key = DatasetKey("fmnist", KEY)
-    copy = pickle.loads(pickle.dumps(key))
-    assert copy.permutation(49, "train", "abc", view=3) == key.permutation(49, "train", "abc", view=3)
+    release = key.release_key({"cipher": {"mode": "shuffle"}}, bytes(32))
+    for obj in (key, release):
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(obj)
+    seeds = release.sample_keys("train", "abc")
+    copy = pickle.loads(pickle.dumps(seeds))
+    assert copy == seeds and copy.permutation(49) == seeds.permutation(49)
+    assert KEY.hex()[:12] not in repr(seeds) + repr(release)
 
 
 @pytest.mark.parametrize("args", [("", KEY), ("fmnist", KEY[:16]), ("fmnist", "k" * 32)])

@@ -16,7 +16,7 @@ from keys.errors import KeystoreError
 from keys.index import index_path, load_index, save_index
 from keys.keystore import create_keystore, open_keystore
 from shards.reader import iter_samples, load_manifest
-from releases import job_settings as settings, write_imagefolder
+from releases import job_settings as settings, write_imagefolder, keys_of
 
 PASSPHRASE = b"Ibis-Tapir-5512-index-tests"
 DATASET = "fm-index"
@@ -45,7 +45,7 @@ def store_copy(tmp_path, release):
 def test_the_job_indexes_every_written_sample_and_only_those(release):
     store, out, files = release
     index = load_index(store, DATASET)
-    key = store.dataset_key(DATASET)
+    key = keys_of(store, out)
     written = {split: {s.key for s in iter_samples(out, split)} for split in ("train", "val")}
     assert set(index) == written["train"] | written["val"]
     assert len(index) == len(files) == 32

@@ -93,7 +93,7 @@ def test_an_owner_folder_or_journal_left_readable_is_made_private_again(tmp_path
     private = tmp_path / "out.owner"
     private.mkdir(mode=0o755)
     private.chmod(0o755)
-    journal = Journal.start(private / "journal.jsonl", "fingerprint")
+    journal = Journal.start(private / "journal.jsonl", "fingerprint", bytes(32))
     assert mode(private) == 0o700
     journal.path.chmod(0o644)
     journal.record(ShardEntry("train-000000.tar", "0" * 64, 1024, 1), [])

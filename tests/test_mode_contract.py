@@ -27,7 +27,7 @@ from encrypt.decode import decode_image
 from encrypt.geometry import resize_center_crop
 from encrypt.plan import JobSettings, SettingsError
 from keys.derive import DatasetKey
-from releases import make_keystore, make_release, write_imagefolder
+from releases import make_keystore, make_release, write_imagefolder, keys_of
 from shards.manifest import CipherSpec
 from shards.modes import CIPHER_MODES, MODES, NAMES
 from shards.reader import iter_samples
@@ -152,7 +152,7 @@ def test_release_matches_the_table_and_trains(mode, keystore, source, tmp_path):
     assert spec == JobSettings(mode=mode, patch=PATCH, sub_patch=_sub(mode), size=32, resize=32, views=1,
                                format="png", quality=95, channels=1, shard_samples=16).cipher_spec()
     # The job drew each sample's secrets with the entry's own `secrets`, as decrypt and the audit do.
-    key = keystore.dataset_key(f"contract-{mode}")
+    key = keys_of(keystore, out)
     by_key = {key.sample_id(rel): path for rel, path in files.items()}
     entry = cipher_of(mode)
     samples = list(iter_samples(out, "train"))
