@@ -66,7 +66,8 @@ def job_options(fn):
                      help="For a URL OUT (s3://...): local root of the owner's private folders (journal, "
                           "lock, reports), OWNER_DIR/<protocol>/<bucket>/<path>.owner (default: "
                           "$PATCHVEIL_OWNER_DIR, else ~/.patchveil/owner). A local OUT keeps OUT.owner beside it."),
-        click.option("--rebuild-from", type=click.Path(file_okay=False, path_type=Path), metavar="RELEASE",
+        click.option("--rebuild-from", metavar="RELEASE", callback=lambda ctx, param, value:
+                     None if value is None else storage.location(value),
                      help="Rebuild this signed release byte for byte (its salt, from the sealed index); "
                           "same dataset and options. Default: a fresh salt, so no two releases share keys."),
         click.option("--quiet", is_flag=True, help="No progress bar (bars are drawn on a terminal only)."),

@@ -111,7 +111,7 @@ def rebuild_salt(release: Path, keystore, dataset_id: str, settings: JobSettings
     """
     where = f"--rebuild-from {release}"
     try:
-        manifest = load_owned_manifest(Path(release), keystore)
+        manifest = load_owned_manifest(release, keystore)  # a folder or a store URL
         version, release_id = derivation_of(manifest)
     except (InputError, DerivationError) as exc:
         raise InputError(where, str(exc)) from None

@@ -46,7 +46,7 @@ def shard_workers() -> list[int]:
 
 
 def main() -> None:
-    src, out, keystore_dir, dataset_id, shard_samples = sys.argv[1:6]
+    src, out, keystore_dir, dataset_id, shard_samples, reference = sys.argv[1:7]
     out = Path(out)
     keystore = open_keystore(keystore_dir, os.environ["PATCHVEIL_PASSPHRASE"].encode())
     listing = list_imagefolder(Path(src))
@@ -65,7 +65,7 @@ def main() -> None:
         def job():
             try:
                 encrypt_dataset(listing, out, keystore, dataset_id, job_settings(shard_samples=int(shard_samples)),
-                                workers=2, progress=False)
+                                workers=2, progress=False, rebuild_from=Path(reference))  # the same release
             except BaseException as exc:  # noqa: BLE001 - reported
                 report["error"] = f"{type(exc).__name__}: {exc}"
 

@@ -74,7 +74,8 @@ def test_worker_and_node_killed_mid_job_leave_an_identical_verified_release(tmp_
     out = tmp_path / "release"
     try:
         run = subprocess.run([sys.executable, str(HERE / "cluster_faults_run.py"), str(SAMPLE), str(out),
-                              str(keystore.directory), "fm-faults", "250"], env=env, capture_output=True,
+                              str(keystore.directory), "fm-faults", "250", str(reference)], env=env,
+                             capture_output=True,
                              text=True, timeout=240, start_new_session=True)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -106,11 +106,13 @@ def test_encrypt_cli_uploads_shards_and_manifest_to_the_store(s3, cli_release):
 
 
 def test_a_local_release_has_the_same_shard_bytes(cli_release, keystore, tmp_path):
-    """The local path is unchanged: the same job into a folder gives shards with equal digests."""
+    """The local path is unchanged: the same job (the same release, rebuilt from its salt) into a
+    folder gives shards with equal digests."""
     local = tmp_path / "release"
     result = CliRunner().invoke(encrypt_cli, ["imagefolder", str(SAMPLE), str(local), "--keystore",
                                               str(keystore.directory), "--num-cpus", "0", "--quiet",
-                                              "--dataset-id", "fm-s3", *GEOMETRY])
+                                              "--dataset-id", "fm-s3", "--rebuild-from", str(cli_release),
+                                              *GEOMETRY])
     assert result.exit_code == 0, result.output
     remote, here = load_manifest(cli_release), load_manifest(local)
     assert remote.splits == here.splits
@@ -221,7 +223,7 @@ def test_ray_workers_upload_their_shards(s3, keystore, small_source):
                               workers=2, progress=False)
     assert summary.shards == 6
     local = encrypt_dataset(list_imagefolder(small_source), Path(os.environ["PATCHVEIL_OWNER_DIR"]) / "ray-local",
-                            keystore, "fm-ray", settings, progress=False)
+                            keystore, "fm-ray", settings, progress=False, rebuild_from=url)
     assert load_manifest(url).splits == load_manifest(Path(os.environ["PATCHVEIL_OWNER_DIR"]) / "ray-local").splits
     assert local.shards == 6
 
@@ -261,7 +263,8 @@ def test_an_imagefolder_source_in_the_store_lists_and_encrypts_as_on_disk(s3, ke
 
     settings = job_settings(mode="shuffle", shard_samples=16)
     encrypt_dataset(remote, "s3://bucket/from-url", keystore, "fm-src", settings, progress=False)
-    encrypt_dataset(local, tmp_path / "from-disk", keystore, "fm-src", settings, progress=False)
+    encrypt_dataset(local, tmp_path / "from-disk", keystore, "fm-src", settings, progress=False,
+                    rebuild_from="s3://bucket/from-url")  # the same release: its salt
     assert load_manifest("s3://bucket/from-url").splits == load_manifest(tmp_path / "from-disk").splits
 
 
@@ -281,7 +284,8 @@ def test_a_coco_source_in_the_store_reads_annotations_and_images_through_fsspec(
     settings = JobSettings(mode="mix", patch=8, sub_patch=4, size=64, resize=64, views=1, format="png",
                            quality=95, channels=1, shard_samples=8, task="detection", min_side=1)
     encrypt_dataset(remote, "s3://bucket/coco-release", keystore, "canvas", settings, progress=False)
-    encrypt_dataset(local, tmp_path / "coco-release", keystore, "canvas", settings, progress=False)
+    encrypt_dataset(local, tmp_path / "coco-release", keystore, "canvas", settings, progress=False,
+                    rebuild_from="s3://bucket/coco-release")
     assert load_manifest("s3://bucket/coco-release").splits == load_manifest(tmp_path / "coco-release").splits
 
 
