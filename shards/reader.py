@@ -14,11 +14,13 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Collection, Iterable, Iterator
+from zlib import adler32
 
 import numpy as np
 from PIL import Image
@@ -31,6 +33,7 @@ from shards.writer import KEY_PATTERN, TEMP_PATTERN
 
 IMAGE_MEMBERS = {"jpg": "JPEG", "png": "PNG"}
 MEMBERS = {"jpg", "png", "cls", "json"}
+_KNOWN = frozenset(MEMBERS | {"__key__", "__url__"})
 STORAGE_EXTENSION = {"jpeg": "jpg", "png": "png"}
 _CHUNK = 1 << 20
 
@@ -96,14 +99,20 @@ def _decode_sample(raw: dict[str, Any], shard: str, cipher: CipherSpec | None,
     if not isinstance(key, str) or not KEY_PATTERN.match(key):
         raise ShardError(f"{shard}: sample key {key!r:.80} is not an opaque id")
     where = f"{shard}: sample {key}"
-    members = {k: v for k, v in raw.items() if not k.startswith("__")}
-    unknown = sorted(set(members) - MEMBERS)
-    if unknown:
-        raise ShardError(f"{where}: member .{unknown[0]:.20} is not part of the shard contract")
-    images = [ext for ext in IMAGE_MEMBERS if ext in members]
-    if len(images) != 1:
-        raise ShardError(f"{where}: expected one image (jpg or png), found {len(images)}")
-    ext = images[0]
+    members = raw
+    if not raw.keys() <= _KNOWN:  # anything beyond the contract's members and "__" fields
+        members = {k: v for k, v in raw.items() if not k.startswith("__")}
+        unknown = sorted(set(members) - MEMBERS)
+        if unknown:
+            raise ShardError(f"{where}: member .{unknown[0]:.20} is not part of the shard contract")
+    if "png" in members:
+        ext = "png"
+        if "jpg" in members:
+            raise ShardError(f"{where}: expected one image (jpg or png), found 2")
+    elif "jpg" in members:
+        ext = "jpg"
+    else:
+        raise ShardError(f"{where}: expected one image (jpg or png), found 0")
     if cipher is not None and ext != STORAGE_EXTENSION[cipher.format]:
         raise ShardError(f"{where}: a {ext} image in a release stored as {cipher.format}")
 
@@ -137,6 +146,76 @@ def _decode_sample(raw: dict[str, Any], shard: str, cipher: CipherSpec | None,
 
 # -- the strict tar reader -----------------------------------------------------------------
 
+_BLOCK = 512
+_ZERO_BLOCK = bytes(_BLOCK)
+# A regular-file header as tarfile (and GNU tar, bsdtar) writes it: mode, uid, gid, size,
+# mtime as zero-padded octal digits ending in NUL, the checksum as six digits, NUL, space.
+# Such a header is parsed here directly; any other header (pax or GNU extensions, base-256
+# numbers, spaces, links, directories, a name prefix, ...) is left to tarfile from there on.
+_PLAIN_NUMBERS = re.compile(rb"(?:[0-7]{7}\0){3}[0-7]{11}\0[0-7]{11}\0[0-7]{6}\0 ")
+_PLAIN_DEVICES = re.compile(rb"(?:[0-7]{7}\0|\0{8}){2}")
+_REGULAR_TYPES = (0x30, 0)  # "0" and the old NUL
+_CHKSUM_SPACES = 8 * 0x20
+
+
+def _plain_member(header: bytes) -> tuple[str, int] | None:
+    """(name, size) of a plain regular-file ustar header with a valid checksum, else None.
+
+    The same fields and checks as tarfile.TarInfo.frombuf for such a header, without its
+    cost (tens of µs a member): the checksum is summed with zlib.adler32 over two halves,
+    whose 16-bit sums of at most 256 bytes cannot wrap.
+    """
+    if (len(header) != _BLOCK or header[156] not in _REGULAR_TYPES or header[345]
+            or not _PLAIN_NUMBERS.fullmatch(header, 100, 156)
+            or not _PLAIN_DEVICES.fullmatch(header, 329, 345)):
+        return None
+    view = memoryview(header)
+    total = (adler32(view[:256]) & 0xFFFF) + (adler32(view[256:]) & 0xFFFF) - 2
+    if total - sum(view[148:156]) + _CHKSUM_SPACES != int(header[148:154], 8):
+        return None  # tarfile decides (it also accepts the old signed-byte sum)
+    end = header.find(0, 0, 100)
+    name = header[:end if end >= 0 else 100].decode(tarfile.ENCODING, "surrogateescape")
+    if header[156] == 0 and name.endswith("/"):
+        return None  # an old-style directory
+    return name, int(header[124:135], 8)
+
+
+def _tar_members(f: BinaryIO, name: str, size: int) -> Iterator[tuple[str, bool, int, int]]:
+    """(member name, is a regular file, data offset, data size) for each member, in order.
+
+    Plain ustar headers are parsed here; from the first header that is not plain (or not
+    valid) on, tarfile reads the rest with its own rules, so what is accepted and what is an
+    error is tarfile's. Ends at the end-of-archive block or where tarfile stops; returns the
+    offset there (for the check that only zeros follow).
+    """
+    offset = 0
+    while True:
+        header = f.read(_BLOCK)
+        if header == _ZERO_BLOCK:
+            return offset
+        plain = _plain_member(header)
+        if plain is None:
+            break
+        member, length = plain
+        data = offset + _BLOCK
+        yield member, True, data, length
+        offset = data + -(-length // _BLOCK) * _BLOCK
+        if offset > size:  # as tarfile: the member's data runs past the end of the file
+            raise tarfile.ReadError("unexpected end of data")
+        f.seek(offset)
+    f.seek(offset)
+    try:
+        tar = tarfile.open(fileobj=f, mode="r:")
+    except tarfile.TarError as e:
+        if offset == 0:
+            raise ShardError(f"{name}: not a readable tar ({e})") from None
+        raise
+    with tar:
+        for info in tar:
+            yield info.name, info.isfile(), info.offset_data, info.size
+        return tar.offset
+
+
 def _iter_tar(path: storage.Location, read_data: bool = True) -> Iterator[dict[str, Any]]:
     """Group a shard's members into samples; members of one sample must be adjacent.
 
@@ -152,35 +231,44 @@ def _iter_tar(path: storage.Location, read_data: bool = True) -> Iterator[dict[s
     except OSError as e:
         raise ShardError(f"{name}: cannot be read ({e.strerror})") from None
     with f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(0)
+        seen: set[str] = set()
+        current: dict[str, Any] | None = None
+        members = _tar_members(f, name, size)
         try:
-            tar = tarfile.open(fileobj=f, mode="r:")
+            while True:
+                try:
+                    member, regular, data, length = next(members)
+                except StopIteration as stop:
+                    end = stop.value
+                    break
+                if not regular:
+                    raise ShardError(f"{name}: member {member!r:.80} is not a regular file")
+                key, dot, ext = member.partition(".")
+                if not dot or "/" in member:
+                    raise ShardError(f"{name}: member {member!r:.80} is not named <key>.<type>")
+                if current is None or current["__key__"] != key:
+                    if current is not None:
+                        yield current
+                    if key in seen:
+                        raise ShardError(f"{name}: sample {key:.80} appears in two places")
+                    seen.add(key)
+                    current = {"__key__": key}
+                if ext in current:
+                    raise ShardError(f"{name}: sample {key:.80} has two .{ext:.20} members")
+                if read_data:
+                    f.seek(data)
+                    value = f.read(length)
+                    if len(value) != length:
+                        raise tarfile.ReadError("unexpected end of data")
+                    current[ext] = value
+                else:
+                    current[ext] = b""
         except tarfile.TarError as e:
-            raise ShardError(f"{name}: not a readable tar ({e})") from None
-        with tar:
-            seen: set[str] = set()
-            current: dict[str, Any] | None = None
-            try:
-                for member in tar:
-                    if not member.isfile():
-                        raise ShardError(f"{name}: member {member.name!r:.80} is not a regular file")
-                    key, dot, ext = member.name.partition(".")
-                    if not dot or "/" in member.name:
-                        raise ShardError(f"{name}: member {member.name!r:.80} is not named <key>.<type>")
-                    if current is None or current["__key__"] != key:
-                        if current is not None:
-                            yield current
-                        if key in seen:
-                            raise ShardError(f"{name}: sample {key:.80} appears in two places")
-                        seen.add(key)
-                        current = {"__key__": key}
-                    if ext in current:
-                        raise ShardError(f"{name}: sample {key:.80} has two .{ext:.20} members")
-                    current[ext] = tar.extractfile(member).read() if read_data else b""
-                end = tar.offset
-            except tarfile.TarError as e:
-                raise ShardError(f"{name}: corrupt tar ({e})") from None
-            if current is not None:
-                yield current
+            raise ShardError(f"{name}: corrupt tar ({e})") from None
+        if current is not None:
+            yield current
         f.seek(end)
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             if chunk.count(0) != len(chunk):
@@ -219,9 +307,15 @@ def _shard_samples(shards: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]
             yield sample
 
 
+@functools.lru_cache(maxsize=256)
+def _shard_name(url: str) -> str:
+    """The shard's file name, for messages (a path or a store URL); cached: once per shard."""
+    return storage.name_of(storage.location(url))
+
+
 def _to_tuple(raw: dict[str, Any], cipher: CipherSpec, num_classes: int,
               decode: bool) -> tuple[Any, int | None, dict | None]:
-    shard = storage.name_of(storage.location(str(raw.get("__url__", "?"))))
+    shard = _shard_name(str(raw.get("__url__", "?")))
     sample = _decode_sample(raw, shard, cipher, num_classes, decode)
     return sample.image, sample.label, sample.meta
 

@@ -361,6 +361,47 @@ def test_a_foreign_member_in_a_shard_is_refused(tmp_path, fmnist_samples, owner_
         list(webdataset_pipeline(tmp_path, "val"))
 
 
+def test_tars_written_with_other_header_layouts_read_the_same(fmnist_release, tmp_path):
+    # The reader parses plain ustar headers itself and leaves any other header to tarfile:
+    # a pax global header first (tarfile from the start) or GNU headers read alike.
+    out, manifest = fmnist_release
+    with tarfile.open(out / "val-000000.tar") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]
+    expected = list(iter_samples(out, "val", manifest))
+    for fmt, pax in ((tarfile.PAX_FORMAT, {"comment": "written elsewhere"}), (tarfile.GNU_FORMAT, None)):
+        copy = tmp_path / f"copy-{fmt}"
+        shutil.copytree(out, copy)
+        os.chmod(copy / "val-000000.tar", 0o644)
+        with tarfile.open(copy / "val-000000.tar", "w", format=fmt, pax_headers=pax) as tar:
+            for info, data in members:
+                tar.addfile(info, io.BytesIO(data))
+        got = list(iter_samples(copy, "val", manifest))
+        assert [(s.key, s.label) for s in got] == [(s.key, s.label) for s in expected]
+        assert all(np.array_equal(a.image, b.image) for a, b in zip(got, expected))
+
+
+def test_a_header_tarfile_would_refuse_is_corrupt_even_with_a_valid_checksum(fmnist_release, tmp_path):
+    out, manifest = fmnist_release
+    path = out / "train-000001.tar"
+    with tarfile.open(path) as tar:
+        infos = tar.getmembers()
+    original = path.read_bytes()
+    data = bytearray(original)
+    at = infos[7].offset
+    data[at + 136:at + 148] = b"0000000009x\0"  # mtime: not octal
+    data[at + 148:at + 156] = b" " * 8
+    data[at + 148:at + 156] = b"%06o\0 " % (sum(data[at:at + 512]))
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=f"train-000001.tar: corrupt tar header at byte {at} "):
+        count_samples(path)
+    # and a member whose data runs past the end of the file
+    path.write_bytes(original[:infos[-1].offset_data + 10])
+    for read in (lambda: count_samples(path), lambda: list(iter_samples(out, "train", manifest))):
+        with pytest.raises(ShardError, match=r"train-000001.tar: corrupt tar \(unexpected end of data\)"):
+            read()
+
+
 def test_images_that_disagree_with_the_cipher_are_refused(tmp_path, fmnist_samples, owner_key):
     wrong = CipherSpec("none", 4, None, (32, 32), (32, 32), "png", None, 1)
     manifest = write_release(tmp_path, {"val": fmnist_samples["val"][:3]}, wrong, owner_key)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from shards import storage
 from shards.errors import first_line
@@ -144,14 +145,15 @@ def stack_images(images: Sequence[np.ndarray]) -> torch.Tensor:
     """H×W×C uint8 arrays → one uint8 B×C×H×W tensor, with a single copy per image.
 
     Inside a DataLoader worker the batch is allocated in shared memory, as torch's default
-    collate does, so handing it to the main process does not copy it again.
+    collate does, so handing it to the main process does not copy it again. The images are
+    copied by one numpy call into an H×W×C view of the batch (no per-image torch calls).
     """
     height, width, channels = images[0].shape
     out = torch.empty((len(images), channels, height, width), dtype=torch.uint8)
     if torch.utils.data.get_worker_info() is not None:
         out.share_memory_()
-    for i, image in enumerate(images):
-        out[i].copy_(torch.from_numpy(image).permute(2, 0, 1))
+    # casting as torch's copy_ would (the images are uint8 anyway); a size mismatch raises
+    np.stack(images, out=out.numpy().transpose(0, 2, 3, 1), casting="unsafe")
     return out
 
 
@@ -227,6 +229,9 @@ class ShardLoader:
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.rank, self.world_size = rank, world_size
         self.pin_memory = pin_memory
+        # Register PIL's common image plugins here, once: the workers are forked afresh every
+        # epoch, and each would otherwise import them again before its first decode.
+        Image.preinit()
         entries = release.manifest.entries(split)
         mine = entries[rank::world_size]
         self.workers = min(workers, len(mine))
