@@ -280,6 +280,8 @@ def keyed_secrets(keys, split: str, sample_id: str, geometry) -> Secrets:
 
 def draw_secrets(keys, split: str, sample_id: str, permutation_length: int, turns: int) -> Secrets:
     """The keyed draws themselves (0: none); research rows of the benchmarks call it directly."""
+    if not permutation_length and not turns:  # keyless modes: no seed is needed, none derived
+        return Secrets(None, None)
     seeds = keys.sample_keys(split, sample_id)
     perm = np.asarray(seeds.permutation(permutation_length), dtype=np.intp) if permutation_length else None
     orientations = np.asarray(seeds.orientations(turns), dtype=np.intp) if turns else None
