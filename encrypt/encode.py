@@ -18,7 +18,10 @@ def encode_image(img: np.ndarray, fmt: str, quality: int = 95) -> bytes:
     """Return the encoded bytes of an H×W×C uint8 image (C = 1 or 3)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown storage format {fmt!r}; choose jpeg or png")
-    pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+    pixels = np.ascontiguousarray(img[..., 0] if img.shape[-1] == 1 else img, dtype=np.uint8)
+    mode = "L" if pixels.ndim == 2 else "RGB"
+    # frombuffer shares the array's memory (fromarray copies it): one copy less per image
+    pil = Image.frombuffer(mode, (pixels.shape[1], pixels.shape[0]), pixels, "raw", mode, 0, 1)
     buf = io.BytesIO()
     if fmt == "jpeg":
         pil.save(buf, "JPEG", quality=quality, subsampling=0, optimize=False)

@@ -91,7 +91,17 @@ class KeyStream:
         if n >= _WORD:
             raise ValueError(f"permutation of {n} items is larger than this stream supports")
         perm = list(range(n))
-        words: tuple[int, ...] = ()
+        if n < 2:
+            return perm
+        # The first batch holds a word for every swap. A word is rejected only if it is at
+        # least 2**32 - (i + 1) (odds under n / 2**32), so when none is that large every
+        # index is w % (i + 1) at once and the loop below never runs.
+        words: tuple[int, ...] = struct.unpack(f">{max(n - 1, 16)}I", self._take(4 * max(n - 1, 16)))
+        if max(words[:n - 1]) < _WORD - n:
+            for i, w in zip(range(n - 1, 0, -1), words):
+                j = w % (i + 1)
+                perm[i], perm[j] = perm[j], perm[i]
+            return perm
         pos = 0
         for i in range(n - 1, 0, -1):
             bound = i + 1

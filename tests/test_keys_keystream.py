@@ -134,3 +134,49 @@ def test_keys_never_imports_random_or_numpy_and_only_allowed_packages():
         allowed = {"cryptography", "keys", "shards"} | ({"click"} if module.name == "cli.py" else set())
         third_party = {name for name in imported if name not in sys.stdlib_module_names}
         assert third_party <= allowed, (module.name, third_party)
+
+
+def _documented_permutation(stream: KeyStream, n: int) -> list[int]:
+    """The rule the shard format fixes, written out one word at a time: Fisher–Yates from the
+    last index down, 32-bit big-endian words read in batches of max(i, 16), a word w used only
+    if w < 2**32 - 2**32 % (i + 1), then j = w % (i + 1)."""
+    perm, words, pos = list(range(n)), [], 0
+    for i in range(n - 1, 0, -1):
+        bound = i + 1
+        while True:
+            if pos == len(words):
+                count = max(i, 16)
+                raw = stream._take(4 * count)
+                words = [int.from_bytes(raw[4 * k:4 * k + 4], "big") for k in range(count)]
+                pos = 0
+            w, pos = words[pos], pos + 1
+            if w < 2**32 - 2**32 % bound:
+                break
+        j = w % bound
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+class _FirstWordRejected(KeyStream):
+    """A stream whose first word is 0xFFFFFFFF: rejected for every bound but a power of two."""
+
+    __slots__ = ("_forced",)
+
+    def _take(self, count: int) -> bytes:
+        out = super()._take(count)
+        if not getattr(self, "_forced", False):
+            self._forced = True
+            out = b"\xff\xff\xff\xff" + out[4:]
+        return out
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 17, 49, 196, 197, 784])
+def test_permutation_follows_the_documented_rule_word_for_word(n):
+    """The batched fast path and the rejection path both give the documented permutation, and
+    leave the stream at the same position (the next draw agrees too)."""
+    for stream_type in (KeyStream, _FirstWordRejected):
+        for s in range(20):
+            seed = hashlib.sha256(b"permutation rule %d" % s).digest()
+            fast, slow = stream_type(seed), stream_type(seed)
+            assert fast.permutation(n) == _documented_permutation(slow, n)
+            assert fast.randbelow(1000) == slow.randbelow(1000)

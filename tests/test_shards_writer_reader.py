@@ -173,6 +173,32 @@ def test_the_same_samples_give_identical_shards(tmp_path, fmnist_samples, photo_
     assert first.read_bytes() == second.read_bytes()
 
 
+def test_shards_are_byte_for_byte_what_tarfile_writes(tmp_path, fmnist_samples, photo_samples):
+    """The writer builds its own USTAR headers; the stdlib's tarfile, given the same members and
+    fixed fields, must produce the very same file (so earlier releases keep their digests)."""
+    samples = fmnist_samples["train"][:20] + photo_samples
+    with ShardWriter(tmp_path, "train", 0) as writer:
+        for key, data, ext, cls, meta in samples:
+            writer.write(key, data, ext, cls=cls, meta=meta)
+    reference = io.BytesIO()
+    with tarfile.open(fileobj=reference, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for key, data, ext, cls, meta in samples:
+            members = {ext: data}
+            if cls is not None:
+                members["cls"] = str(cls).encode()
+            if meta is not None:
+                members["json"] = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+            for member_ext in sorted(members):
+                info = tarfile.TarInfo(f"{key}.{member_ext}")
+                info.size, info.mtime, info.mode = len(members[member_ext]), 0, 0o444
+                info.uname = info.gname = "patchveil"
+                tar.addfile(info, io.BytesIO(members[member_ext]))
+    written = (tmp_path / "train-000000.tar").read_bytes()
+    assert len(written) % tarfile.RECORDSIZE == 0
+    assert written == reference.getvalue()
+    assert writer.close().sha256 == hashlib.sha256(written).hexdigest()
+
+
 def test_tar_headers_carry_nothing_but_the_opaque_names(fmnist_release):
     out, _ = fmnist_release
     with tarfile.open(out / "train-000001.tar") as tar:
