@@ -249,7 +249,7 @@ def decrypt(out, dest, keystore, passphrase_file, ids, quiet):
 
 
 @cli.command()
-@click.argument("out", callback=lambda ctx, param, value: storage.location(value))  # a URL is refused
+@click.argument("out", callback=lambda ctx, param, value: storage.location(value))  # a folder or a store URL
 @keystore_options
 @click.option("--path", "paths", multiple=True, required=True, metavar="ORIGINAL_PATH",
               help="Source path relative to the folder that was encrypted, e.g. train/coat/0001.png (repeatable).")

@@ -18,6 +18,11 @@ Each step is idempotent, so a kill -9 anywhere is repaired by `recover`, which e
 job on OUT runs first under the release lock (`encrypt.lock.holds_release`): without a
 record it rolls back (deletes the staging; OUT was not touched), with one it rolls forward.
 
+A release in object storage (a URL OUT) is forgotten the same way: the staging folder and the
+record sit in its local owner folder, rewritten shards are uploaded under their new names
+(an object appears whole or not at all), the manifest is one PUT (the switch), then the old
+shards are deleted. A store has no rename and no temp files, so nothing else changes.
+
 Forgetting cannot recall copies already handed out: ML engineers must switch to the new
 version. Delete the source files too, or re-running the encryption job brings them back.
 """
@@ -44,6 +49,7 @@ from encrypt.sources import InputError
 from keys.derive import normalise_path
 from keys.index import load_index
 from shards import storage
+from shards.storage import Location
 from shards.common import SHARD_NAME_PATTERN, atomic_write_bytes, atomic_writer, fsync_directory
 from shards.console import progress_bar
 from shards.info import INFO_NAME, info_bytes, info_sha256
@@ -77,22 +83,20 @@ def _step(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def forget_samples(out_dir: Path, keystore, paths: Iterable[str], *, progress: bool = True) -> ForgetSummary:
+def forget_samples(out_dir: Location, keystore, paths: Iterable[str], *, progress: bool = True) -> ForgetSummary:
     """Remove every sample made from `paths` (relative to the source root) from a release.
 
     Holds OUT's lock. An interrupted forget on OUT is finished first; when that one already
-    removed everything asked now, its summary is returned with `resumed=True`.
+    removed everything asked now, its summary is returned with `resumed=True`. OUT is a
+    folder or a store URL.
     """
-    if storage.is_url(out_dir):  # its steps rename shards in place, which a store cannot do
-        raise InputError(f"{out_dir}: forget works on a local release folder; copy the release "
-                         "down, forget there, and upload the new version")
-    out_dir = Path(out_dir)
+    out_dir = storage.location(out_dir)
     with release_lock(out_dir):
         finished = recover(out_dir, keystore)
         return _forget(out_dir, keystore, paths, progress, finished)
 
 
-def _forget(out_dir: Path, keystore, paths: Iterable[str], progress: bool,
+def _forget(out_dir: Location, keystore, paths: Iterable[str], progress: bool,
             finished: ForgetSummary | None) -> ForgetSummary:
     manifest = load_owned_manifest(out_dir, keystore)
     try:  # the new version keeps extra.derivation and extra.release: it must stay decryptable
@@ -153,7 +157,7 @@ def _forget(out_dir: Path, keystore, paths: Iterable[str], progress: bool,
     return summary
 
 
-def recover(out_dir: Path, keystore) -> ForgetSummary | None:
+def recover(out_dir: Location, keystore) -> ForgetSummary | None:
     """Finish (or undo) a forget on OUT that a crash interrupted; None when there was none.
 
     Call it holding OUT's lock. No record: nothing in OUT changed yet, so the staging folder
@@ -181,11 +185,12 @@ def recover(out_dir: Path, keystore) -> ForgetSummary | None:
     return summary
 
 
-def _roll_forward(out_dir: Path, keystore, record: dict[str, Any]) -> ForgetSummary | None:
+def _roll_forward(out_dir: Location, keystore, record: dict[str, Any]) -> ForgetSummary | None:
     """Do what the record says, skipping what is done: move in, switch, log, clean up."""
     private = owner_dir(out_dir)
     staging, record_path = private / STAGING_NAME, private / RECORD_NAME
-    manifest_path = out_dir / MANIFEST_NAME
+    manifest_path = storage.join(out_dir, MANIFEST_NAME)
+    local = isinstance(out_dir, Path)
     try:
         current = Manifest.load(manifest_path).digest()
     except ManifestError as exc:
@@ -200,23 +205,28 @@ def _roll_forward(out_dir: Path, keystore, record: dict[str, Any]) -> ForgetSumm
                 _roll_back(out_dir, record)  # a staged shard is lost: OUT is still the old version
                 return None
             _step("moving")
-        fsync_directory(out_dir)
+        if local:
+            fsync_directory(out_dir)
         _step("moved")
         if record.get("info_text") is not None:  # before the switch; rewritten if a kill comes between
-            atomic_write_bytes(out_dir / INFO_NAME, record["info_text"].encode("ascii"))
-        with atomic_writer(manifest_path) as f:
-            f.write(record["manifest_text"].encode("ascii"))
-            f.flush()
-            _step("manifest-temp")
+            storage.write_bytes(storage.join(out_dir, INFO_NAME), record["info_text"].encode("ascii"))
+        if local:
+            with atomic_writer(manifest_path) as f:
+                f.write(record["manifest_text"].encode("ascii"))
+                f.flush()
+                _step("manifest-temp")
+        else:  # one PUT: the store holds the old object or the new one, never a mix
+            storage.write_bytes(manifest_path, record["manifest_text"].encode("ascii"))
     _step("switched")
     if not any(e.get("event") == "forgotten" and e.get("details", {}).get("manifest_digest") ==
                record["manifest_digest"] for e in keystore.custody.entries()):
         keystore.log("forgotten", record["log"])
     _step("logged")
     for name in [m["old"] for m in record["shards"]] + record["dropped"]:
-        (out_dir / name).unlink(missing_ok=True)
-    _remove_temps(out_dir, record)
-    fsync_directory(out_dir)
+        storage.remove(storage.join(out_dir, name))
+    if local:
+        _remove_temps(out_dir, record)
+        fsync_directory(out_dir)
     _step("cleaned")
     shutil.rmtree(staging, ignore_errors=True)
     record_path.unlink(missing_ok=True)
@@ -226,14 +236,20 @@ def _roll_forward(out_dir: Path, keystore, record: dict[str, Any]) -> ForgetSumm
                          record["previous_manifest"], record["manifest_digest"])
 
 
-def _move_in(staging: Path, out_dir: Path, entry: ShardEntry) -> bool:
+def _move_in(staging: Path, out_dir: Location, entry: ShardEntry) -> bool:
     """Put one staged shard into OUT under its new name; False if it is nowhere to be found."""
-    target = out_dir / entry.name
-    if target.is_file() and not target.is_symlink() and sha256_file(target) == entry.sha256:
+    target = storage.join(out_dir, entry.name)
+    if isinstance(target, Path):
+        if target.is_file() and not target.is_symlink() and sha256_file(target) == entry.sha256:
+            return True
+    elif storage.exists(target) and storage.sha256(target) == entry.sha256:
         return True
     source = staging / entry.name
     if not source.is_file() or sha256_file(source) != entry.sha256:
         return False
+    if not isinstance(target, Path):
+        storage.publish(source, out_dir)  # uploaded whole; the staged copy goes with the staging
+        return True
     try:
         os.rename(source, target)
     except OSError as exc:
@@ -244,12 +260,13 @@ def _move_in(staging: Path, out_dir: Path, entry: ShardEntry) -> bool:
     return True
 
 
-def _roll_back(out_dir: Path, record: dict[str, Any]) -> None:
+def _roll_back(out_dir: Location, record: dict[str, Any]) -> None:
     """Undo a forget whose staged shards are gone: OUT keeps its old manifest and shards."""
     for move in record["shards"]:
-        (out_dir / move["new"]["name"]).unlink(missing_ok=True)
-    _remove_temps(out_dir, record)
-    fsync_directory(out_dir)
+        storage.remove(storage.join(out_dir, move["new"]["name"]))
+    if isinstance(out_dir, Path):
+        _remove_temps(out_dir, record)
+        fsync_directory(out_dir)
     private = owner_dir(out_dir)
     shutil.rmtree(private / STAGING_NAME, ignore_errors=True)
     (private / RECORD_NAME).unlink(missing_ok=True)
@@ -286,24 +303,26 @@ def _ids_for_paths(index: dict[str, dict], paths: Iterable[str], dataset_id: str
     return targets
 
 
-def _shards_holding(out_dir: Path, manifest: Manifest, targets: set[str]) -> dict[str, set[str]]:
-    """Shard name → the target ids in it, from tar headers only (no image data is read)."""
+def _shards_holding(out_dir: Location, manifest: Manifest, targets: set[str]) -> dict[str, set[str]]:
+    """Shard name → the target ids in it, from tar headers only (no image data is read; on a
+    store, ranged reads skip the image bytes)."""
     holding: dict[str, set[str]] = {}
     for entries in manifest.splits.values():
         for entry in entries:
+            path = storage.join(out_dir, entry.name)
             try:
-                with tarfile.open(out_dir / entry.name, "r:") as tar:
+                with storage.open_read(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
                     keys = {name.partition(".")[0] for name in tar.getnames()}
             except (OSError, tarfile.TarError) as exc:
-                raise InputError(f"{out_dir / entry.name}: cannot be read ({exc})") from None
+                raise InputError(f"{path}: cannot be read ({exc})") from None
             if keys & targets:
                 holding[entry.name] = keys & targets
     return holding
 
 
-def _fresh_indices(out_dir: Path, manifest: Manifest) -> dict[str, int]:
+def _fresh_indices(out_dir: Location, manifest: Manifest) -> dict[str, int]:
     """Per split, the first shard index above every name in the manifest and in OUT."""
-    names = [e.name for es in manifest.splits.values() for e in es] + [p.name for p in out_dir.iterdir()]
+    names = [e.name for es in manifest.splits.values() for e in es] + [n for n, _ in storage.list_names(out_dir)]
     top: dict[str, int] = {}
     for name in names:
         match = SHARD_NAME_PATTERN.match(name)
@@ -312,7 +331,7 @@ def _fresh_indices(out_dir: Path, manifest: Manifest) -> dict[str, int]:
     return {split: index + 1 for split, index in top.items()}
 
 
-def _stage_shards(out_dir: Path, staging: Path, manifest: Manifest, targets: set[str],
+def _stage_shards(out_dir: Location, staging: Path, manifest: Manifest, targets: set[str],
                   holding: dict[str, set[str]], progress: bool):
     """Write the rewritten shards into staging under fresh names; the new splits, moves, drops."""
     splits: dict[str, list[ShardEntry]] = {}
@@ -326,10 +345,10 @@ def _stage_shards(out_dir: Path, staging: Path, manifest: Manifest, targets: set
             continue
         index = fresh[entry.split]
         if index > 999_999:
-            raise InputError(f"{out_dir / entry.name}: no shard index left for a rewritten shard")
+            raise InputError(f"{storage.join(out_dir, entry.name)}: no shard index left for a rewritten shard")
         writer = ShardWriter(staging, entry.split, index)
         with writer:
-            for key, members in _raw_samples(out_dir / entry.name):
+            for key, members in _raw_samples(storage.join(out_dir, entry.name)):
                 if key in targets:
                     continue
                 image_ext = next(ext for ext in ("jpg", "png") if ext in members)
@@ -349,10 +368,10 @@ def _stage_shards(out_dir: Path, staging: Path, manifest: Manifest, targets: set
     return splits, moves, dropped
 
 
-def _raw_samples(path: Path):
+def _raw_samples(path: Location):
     """(key, {ext: bytes}) per sample, members copied as stored (no decoding, no re-encoding)."""
     current, members = None, {}
-    with tarfile.open(path, "r:") as tar:
+    with storage.open_read(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
         for member in tar:
             key, _, ext = member.name.partition(".")
             if not member.isfile() or ext not in ("jpg", "png", "cls", "json"):

@@ -289,20 +289,62 @@ def test_a_coco_source_in_the_store_reads_annotations_and_images_through_fsspec(
     assert load_manifest("s3://bucket/coco-release").splits == load_manifest(tmp_path / "coco-release").splits
 
 
-def test_decrypt_reads_a_release_in_the_store_and_forget_refuses_it(s3, keystore, small_source, tmp_path):
-    """decrypt works from s3:// (the lock and index stay owner-side); forget needs a local copy."""
+def test_decrypt_reads_a_release_in_the_store(s3, keystore, tmp_path):
+    """decrypt works from s3:// (the lock and index stay owner-side)."""
     from encrypt.decrypt import decrypt_release
-    from encrypt.forget import forget_samples
-    from encrypt.sources import InputError
 
     url = "s3://bucket/killed"  # the release the kill/resume test finished
     summary = decrypt_release(url, tmp_path / "restored", keystore, progress=False)
     assert summary.samples == 96 and summary.named_by == "path"
     assert len(list((tmp_path / "restored").rglob("*.png"))) == 96
-    before = s3.cat_file("bucket/killed/manifest.json")
-    with pytest.raises(InputError, match="forget works on a local release folder"):
-        forget_samples(url, keystore, ["train/x.png"], progress=False)
-    assert s3.cat_file("bucket/killed/manifest.json") == before
+
+
+def test_forget_in_the_store_survives_a_kill_and_leaves_a_verified_release(s3, keystore, identity, small_source,
+                                                                          tmp_path):
+    """`encrypt-dataset forget s3://...` (the console script, a real process) killed after it
+    uploaded the rewritten shard but before the manifest switch; a rerun finishes it: the new
+    version verifies in the store, the old shard object is gone, the sample is nowhere in the
+    store, and the custody log holds one `forgotten`."""
+    import subprocess
+    import sys
+
+    from encrypt.ciphers import release_keys
+    from encrypt.forget import CRASH_AT_ENV
+
+    url = "s3://bucket/forget"
+    encrypt_dataset(list_imagefolder(small_source), url, keystore, "fm-forget",
+                    job_settings(mode="shuffle", shard_samples=16), progress=False)
+    before = load_manifest(url)
+    rel = sorted(p.relative_to(small_source).as_posix() for p in small_source.rglob("*.png"))[5]
+    sample_id = release_keys(keystore, before).sample_id(rel)
+    holding = [e.name for e in before.splits["train"]
+               if sample_id.encode() in s3.cat_file(f"bucket/forget/{e.name}")]
+    assert len(holding) == 1
+
+    command = [str(Path(sys.executable).parent / "encrypt-dataset"), "forget", url, "--path", rel, "--quiet",
+               "--keystore", str(keystore.directory)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    killed = subprocess.run(command, env={**env, CRASH_AT_ENV: "moved"}, capture_output=True, text=True,
+                            timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    assert load_manifest(url).digest() == before.digest()  # not switched yet: the old version stands
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "removed 1 sample(s)" in rerun.stdout
+
+    after = load_manifest(url)
+    assert after.extra["previous_manifest"] == before.digest()
+    assert after.samples("train") == before.samples("train") - 1
+    names = {p.rsplit("/", 1)[-1] for p in s3.ls("bucket/forget", refresh=True)}
+    assert holding[0] not in names
+    assert names == {"manifest.json", "_info.json", *(e.name for es in after.splits.values() for e in es)}
+    assert not any(sample_id.encode() in s3.cat_file(f"bucket/forget/{n}") for n in names)
+    report = verify_release(url, identity, custody_log=keystore.directory / "custody.log", progress=False)
+    assert report.ok, [c.problems for c in report.checks]
+    forgotten = [e for e in keystore.custody.entries() if e["event"] == "forgotten"
+                 and e["details"]["manifest_digest"] == after.digest()]
+    assert len(forgotten) == 1
 
 
 def test_nothing_is_signed_when_a_reported_shard_is_not_in_the_store(s3, keystore, small_source, monkeypatch):
