@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 from timm.layers import PatchEmbed
-from timm.models import build_model_with_cfg
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from train.models.pevit import build_position_free
 from train.models.registry import Variant, declare_family, register_family, sized_variants
 from train.models.rpe import ReferencePositionalEncoding
 
@@ -84,21 +84,9 @@ def create_d4vit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
 
     Extra kwargs: ``d4_hidden_dim`` (width before the mean), ``rpe_hidden_dim``.
     """
-    if kwargs.get("pos_embed", "none") not in ("", "none"):
-        raise ValueError(f"{variant}: D4-ViT has no absolute position embedding by design")
-    kwargs.pop("pos_embed", None)
     embed_layer = partial(DihedralPatchEmbed, hidden_dim=kwargs.pop("d4_hidden_dim", None),
                           rpe_hidden_dim=kwargs.pop("rpe_hidden_dim", None))
-    return build_model_with_cfg(
-        VisionTransformer,
-        variant,
-        pretrained=pretrained,  # only a local file (train-encrypted export): nothing to download
-        pos_embed="none",
-        class_token=True,
-        embed_layer=embed_layer,
-        feature_cfg=dict(out_indices=3, feature_cls="getter"),
-        **kwargs,
-    )
+    return build_position_free("D4-ViT", variant, pretrained, embed_layer, **kwargs)
 
 
 # Tiles moved and each turned: position-free tokens invariant to the turn.

@@ -27,20 +27,18 @@ from timm.models.vision_transformer import VisionTransformer
 from train.models.registry import Variant, declare_family, register_family, sized_variants
 from train.models.rpe import RPEPatchEmbed
 
-__all__ = ["create_pevit"]
+__all__ = ["build_position_free", "create_pevit"]
 
 
-def create_pevit(variant: str, pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """Build a PEViT through timm's model builder (configs, feature extraction, overrides).
-
-    ``rpe_hidden_dim`` sets the RPE hidden width (default: the embedding width).
-    """
+def build_position_free(name: str, variant: str, pretrained: bool, embed_layer, **kwargs: Any) -> VisionTransformer:
+    """A timm VisionTransformer with no absolute position embedding and its class token kept:
+    what every model for shuffled tokens is, whatever its token embedding (`embed_layer`)."""
     if kwargs.get("pos_embed", "none") not in ("", "none"):
-        raise ValueError(f"{variant}: PEViT has no absolute position embedding by design")
+        raise ValueError(f"{variant}: {name} has no absolute position embedding by design")
     if not kwargs.get("class_token", True):
-        raise ValueError(f"{variant}: PEViT reads out its class token; class_token must stay on")
+        raise ValueError(f"{variant}: {name} reads out its class token; class_token must stay on")
     kwargs.pop("pos_embed", None)
-    embed_layer = partial(RPEPatchEmbed, rpe_hidden_dim=kwargs.pop("rpe_hidden_dim", None))
+    kwargs.pop("class_token", None)
     return build_model_with_cfg(
         VisionTransformer,
         variant,
@@ -51,6 +49,15 @@ def create_pevit(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
         feature_cfg=dict(out_indices=3, feature_cls="getter"),
         **kwargs,
     )
+
+
+def create_pevit(variant: str, pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """Build a PEViT through timm's model builder (configs, feature extraction, overrides).
+
+    ``rpe_hidden_dim`` sets the RPE hidden width (default: the embedding width).
+    """
+    embed_layer = partial(RPEPatchEmbed, rpe_hidden_dim=kwargs.pop("rpe_hidden_dim", None))
+    return build_position_free("PEViT", variant, pretrained, embed_layer, **kwargs)
 
 
 # Tiles moved but upright: position-free tokens read them in any order.
