@@ -220,12 +220,13 @@ def main() -> None:
                              "seconds": [per[s]["seconds"] for s in seeds], **spread(best)}
             row["gain_from_pretraining"] = round(row["pretrained"]["mean"] - row["scratch"]["mean"], 4)
             rows[mode] = row
-        if "none" in rows:
+        plain = next((m for m in modes if not MODES[m].encrypted), None)  # the baseline row
+        if plain:
             for mode, row in rows.items():
-                if mode == "none":
+                if mode == plain:
                     continue
                 for kind in ("scratch", "pretrained"):
-                    row[f"{kind}_ratio_to_plain"] = round(row[kind]["mean"] / rows["none"][kind]["mean"], 4)
+                    row[f"{kind}_ratio_to_plain"] = round(row[kind]["mean"] / rows[plain][kind]["mean"], 4)
                 if mode in GOALS:
                     row["goal"] = GOALS[mode]
                     row["goal_met_pretrained"] = row["pretrained_ratio_to_plain"] >= GOALS[mode]
