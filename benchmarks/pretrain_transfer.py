@@ -21,7 +21,9 @@ per mode: the gain from pretraining and the ratio to plain with the same pretrai
 issue's goals: shuffle ≥ 0.98, mix-shuffle ≥ 0.97 of plain); progress goes to stderr.
 
     python benchmarks/pretrain_transfer.py --keep ~/pv-pretrain --public 20000 --private 10000 \\
-        --val-limit 5000 --pretrain-epochs 3 --epochs 3 --seeds 0,1
+        --val-limit 5000 --pretrain-epochs 3 --epochs 3 --seeds 0,1,2
+
+That run (the figures in docs/ml-engineer.md §8) took about 38 CPU minutes on one core.
 
 `--keep` keeps releases and finished runs (each run folder gets `result.json`): a second
 process with the same options reuses them, so modes can run as separate processes, one
