@@ -181,6 +181,17 @@ def test_public_pretraining_under_a_throwaway_key_starts_a_run_on_the_owner_s_re
     assert settings["model"] == json.loads((tmp_path / "pre" / "config.json").read_text())["model"]
 
 
+def test_a_resumed_mix_run_from_plain_weights_is_rebuilt_as_wide_without_them(releases, plain_weights, tmp_path):
+    """On resume the MI embedding's width comes from last.pt: the --init-from file may be gone."""
+    weights = tmp_path / "vit.safetensors"
+    weights.write_bytes(plain_weights["safetensors"].read_bytes())
+    train(config(releases["mix"], tmp_path / "run", init_from=str(weights)))
+    weights.unlink()
+    summary = train(config(releases["mix"], tmp_path / "run", init_from=str(weights), epochs=2), resume=True)
+    assert summary["step"] == 2 * 256 // 32
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["model"]["kwargs"]["mi_hidden_dim"] == 64
+
+
 def test_timm_name_reads_the_local_cache_only(plain_weights, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
