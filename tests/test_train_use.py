@@ -155,6 +155,43 @@ def test_fine_tune_from_a_run_s_best_weights(shuffle_run, releases, tmp_path):
     assert init["loaded"] == 35 and not init["converted"] and not init["skipped"] and not init["fresh"]
 
 
+@pytest.mark.parametrize("mode", ["shuffle", "mix"])
+def test_public_pretraining_under_a_throwaway_key_starts_a_run_on_the_owner_s_release(
+        mode, releases, source, tmp_path_factory, tmp_path):
+    """The recipe of docs §8 through the CLI: a run on a release under a throwaway keystore
+    initialises a run on the owner's release (another key, another dataset id); every tensor
+    is taken as is, the MI embedding too (not rebuilt 2·D wide from its first conv)."""
+    throwaway = make_keystore(tmp_path_factory, b"throwaway: any passphrase at all, deleted after")
+    public = tmp_path / "public"
+    manifest = make_release(public, throwaway, source, mode, sub_patch=2 if mode == "mix" else None,
+                            shard_samples=64, dataset_id="public-data")
+    owner = json.loads((releases[mode] / "manifest.json").read_text())
+    assert manifest.key_id != owner["key_id"]
+    args = ["--epochs", "1", "--batch-size", "32", "--lr", "3e-3", "--warmup-epochs", "0", "--workers", "0",
+            "--quiet", *(x for k, v in TINY.items() for x in ("--model-arg", f"{k}={v}"))]
+    result = CliRunner().invoke(cli, ["classify", "--shards", str(public), "--out", str(tmp_path / "pre"), *args])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["classify", "--shards", str(releases[mode]), "--out", str(tmp_path / "ft"),
+                                      "--init-from", str(tmp_path / "pre" / "best.pt"), *args])
+    assert result.exit_code == 0, result.output
+    [init] = records(tmp_path / "ft", "init")
+    assert len(load_checkpoint(tmp_path / "pre" / "best.pt")["weights"]) == init["loaded"]
+    assert not init["converted"] and not init["skipped"] and not init["fresh"]
+    settings = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert settings["model"] == json.loads((tmp_path / "pre" / "config.json").read_text())["model"]
+
+
+def test_a_resumed_mix_run_from_plain_weights_is_rebuilt_as_wide_without_them(releases, plain_weights, tmp_path):
+    """On resume the MI embedding's width comes from last.pt: the --init-from file may be gone."""
+    weights = tmp_path / "vit.safetensors"
+    weights.write_bytes(plain_weights["safetensors"].read_bytes())
+    train(config(releases["mix"], tmp_path / "run", init_from=str(weights)))
+    weights.unlink()
+    summary = train(config(releases["mix"], tmp_path / "run", init_from=str(weights), epochs=2), resume=True)
+    assert summary["step"] == 2 * 256 // 32
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["model"]["kwargs"]["mi_hidden_dim"] == 64
+
+
 def test_timm_name_reads_the_local_cache_only(plain_weights, tmp_path, monkeypatch):
     import huggingface_hub.constants
 

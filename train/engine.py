@@ -341,20 +341,30 @@ class Run:
         self.rng_states: list[dict] | None = None  # for a resume inside an epoch
 
     def _init_from(self, load: bool) -> None:
-        """Start from `config.init_from` (train.initialise); an MI or D4 embedding is built 2·D
-        wide inside, so the plain linear embedding passes its GELU exactly. On resume only the
-        architecture is rebuilt: the weights come from last.pt."""
-        from train.initialise import hidden_kwarg, init_from
+        """Start from `config.init_from` (train.initialise). An MI or D4 embedding is built as
+        wide inside as the weights need: 2·D for a plain linear embedding (it then passes the
+        GELU exactly), the source's own width for another run's MI or D4 embedding (a fine-tune
+        keeps what that run learned, e.g. the public pretraining of docs §8). On resume only the
+        architecture is rebuilt, as wide as last.pt's: the weights come from it."""
+        from train.initialise import hidden_kwarg, init_from, load_weights
 
         target = getattr(self.model, "backbone", self.model)
         key = hidden_kwarg(target)
-        if key and key not in self.config.model_kwargs and \
-                target.patch_embed.proj.out_channels != 2 * target.embed_dim:
-            self.kwargs = {**self.kwargs, key: 2 * target.embed_dim}
-            torch.manual_seed(self.config.seed)
-            self.model = create_model(self.name, self.kwargs)
+        weights = None
+        if key and key not in self.config.model_kwargs:
+            # on resume the width comes from last.pt (built the same way): the source need not be there
+            weights = load_weights(self.config.init_from if load else self.out / LAST)
+            prefix = "backbone." if target is not self.model and any(k.startswith("backbone.") for k in weights) \
+                else ""
+            source = weights.get(prefix + "patch_embed.proj.weight")
+            own_kind = prefix + "patch_embed.proj_out.weight" in weights and source is not None
+            hidden = source.shape[0] if own_kind else 2 * target.embed_dim
+            if target.patch_embed.proj.out_channels != hidden:
+                self.kwargs = {**self.kwargs, key: hidden}
+                torch.manual_seed(self.config.seed)
+                self.model = create_model(self.name, self.kwargs)
         if load:
-            self.init_report = init_from(self.model, self.config.init_from, self.release.cipher)
+            self.init_report = init_from(self.model, self.config.init_from, self.release.cipher, weights=weights)
 
     def _loader(self, split: str, train: bool) -> Any:
         config, runtime = self.config, self.runtime

@@ -215,9 +215,11 @@ def _embedding(model: nn.Module, source: dict[str, torch.Tensor], cipher: Any,
     return out
 
 
-def init_from(model: nn.Module, source: str | os.PathLike, cipher: Any = None) -> InitReport:
-    """Load `source` into `model` as far as it fits (module doc); the report says what happened."""
-    weights = load_weights(source)
+def init_from(model: nn.Module, source: str | os.PathLike, cipher: Any = None, *,
+              weights: dict[str, torch.Tensor] | None = None) -> InitReport:
+    """Load `source` into `model` as far as it fits (module doc); the report says what happened.
+    `weights`: `load_weights(source)` when the caller has read it already."""
+    weights = load_weights(source) if weights is None else weights
     report = InitReport(str(source))
     backbone = getattr(model, "backbone", None)  # a detector: a plain ViT's weights go to its backbone
     if isinstance(backbone, nn.Module) and not any(k.startswith("backbone.") for k in weights):
