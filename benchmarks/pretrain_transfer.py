@@ -14,7 +14,10 @@ seed, two rows through the real engine (`train.engine.train`), the same fine-tun
 
 - scratch: the private release from random initial weights, `--epochs` epochs;
 - pretrained: `--pretrain-epochs` on the public release, then `--epochs` on the private
-  release with `init_from=<pretrain run>/best.pt`.
+  release with `init_from=<pretrain run>/best.pt`;
+- with `--long-scratch-epochs N`, a control: the private release from scratch for N epochs,
+  as many steps as pretraining plus fine-tune (N = public/private × pretrain epochs + epochs),
+  so the gain is not just more training.
 
 Prints one JSON object (per row: best and last top-1 per seed, mean, min, max, std, seconds;
 per mode: the gain from pretraining and the ratio to plain with the same pretraining, the
@@ -104,6 +107,10 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1", help="comma-separated run seeds")
     parser.add_argument("--pretrain-epochs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3, help="fine-tune and scratch epochs (the same budget)")
+    parser.add_argument("--long-scratch-epochs", type=int, default=0,
+                        help="also train the private release from scratch for this many epochs: the control "
+                             "with as many steps as pretraining + fine-tune (public/private x pretrain epochs "
+                             "+ epochs); 0: skip")
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--heads", type=int, default=2)
@@ -200,7 +207,7 @@ def main() -> None:
                  f"b{args.batch_size}-lr{args.lr:g}-{sizes}"
         raw: dict[str, dict[str, dict[int, dict]]] = {}
         for mode in modes:
-            raw[mode] = {"scratch": {}, "pretrain": {}, "pretrained": {}}
+            raw[mode] = {"scratch": {}, "pretrain": {}, "pretrained": {}, "scratch_long": {}}
             for seed in seeds:
                 raw[mode]["scratch"][seed] = run(f"run-{mode}-scratch-s{seed}-{budget}", releases[mode, "private"],
                                                  args.epochs, seed)
@@ -211,23 +218,31 @@ def main() -> None:
                 raw[mode]["pretrained"][seed] = run(f"run-{mode}-finetune-s{seed}-{budget}",
                                                     releases[mode, "private"], args.epochs, seed,
                                                     init_from=str(work / pre_name / "best.pt"))
+                if args.long_scratch_epochs:
+                    raw[mode]["scratch_long"][seed] = run(
+                        f"run-{mode}-scratch{args.long_scratch_epochs}-s{seed}-{budget}", releases[mode, "private"],
+                        args.long_scratch_epochs, seed)
 
         rows: dict[str, dict] = {}
         for mode in modes:
             row: dict = {}
-            for kind in ("scratch", "pretrain", "pretrained"):
+            for kind in ("scratch", "pretrain", "pretrained", "scratch_long"):
                 per = raw[mode][kind]
+                if not per:
+                    continue
                 best = [per[s]["best_top1"] for s in seeds]
                 row[kind] = {"best_top1": best, "last_top1": [per[s]["last_top1"] for s in seeds],
                              "seconds": [per[s]["seconds"] for s in seeds], **spread(best)}
             row["gain_from_pretraining"] = round(row["pretrained"]["mean"] - row["scratch"]["mean"], 4)
+            if "scratch_long" in row:  # the same number of steps, all on the private release
+                row["gain_over_equal_steps"] = round(row["pretrained"]["mean"] - row["scratch_long"]["mean"], 4)
             rows[mode] = row
         plain = next((m for m in modes if not MODES[m].encrypted), None)  # the baseline row
         if plain:
             for mode, row in rows.items():
                 if mode == plain:
                     continue
-                for kind in ("scratch", "pretrained"):
+                for kind in [k for k in ("scratch", "pretrained", "scratch_long") if k in row]:
                     row[f"{kind}_ratio_to_plain"] = round(row[kind]["mean"] / rows[plain][kind]["mean"], 4)
                 if mode in GOALS:
                     row["goal"] = GOALS[mode]
