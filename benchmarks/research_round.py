@@ -427,6 +427,23 @@ def plot(section: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def markdown(section: dict) -> str:
+    """The docs/privacy.md table of a research_round section, numbers exactly as stored."""
+    out = ["| row | setting | re-id, learned attack (vs originals / vs keyless) | re-id, histogram "
+           "| membership AUC | photo neighbour (jigsaw) | photo re-id, histogram | top-1 ÷ plain |",
+           "|---|---|---|---|---|---|---|---|"]
+    for name, r in section["rows"].items():
+        learned, photos, acc = r.get("learned", {}), r.get("photos", {}), r.get("accuracy", {})
+        reid = (f"**{learned['reid_learned']}** ({learned['reid_learned_vs_originals']} / "
+                f"{learned['reid_learned_vs_keyless']})" if learned else "–")
+        neighbour = photos.get("neighbour", "positions kept" if ROWS[name].mode.encrypted else "–")
+        label = f"`{name}`" if r["shipped"] else name
+        out.append(f"| {label} | {r['setting']} | {reid} | {learned.get('reid_histogram', '–')} | "
+                   f"{learned.get('membership_auc', '–')} | {neighbour} | {photos.get('histogram_reid', '–')} | "
+                   f"{acc.get('ratio_to_plain', '–')} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="accuracy,learned,photos,cross-release")
@@ -444,6 +461,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--markdown", action="store_true", help="print the docs table instead of JSON")
     args = parser.parse_args()
     names = [r for r in args.rows.split(",") if r]
     unknown = set(names) - set(ROWS)
@@ -497,6 +515,9 @@ def main() -> None:
                                                    .read_text())["sections"][SECTION]
     if args.plot:
         plot(result, args.plot)
+    if args.markdown:
+        print(markdown(result))
+        return
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=1))
 
