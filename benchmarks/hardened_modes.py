@@ -145,8 +145,10 @@ def build_model(row: str, args) -> torch.nn.Module:
     return timm.create_model(family, patch_size=tile, img_size=side, **size)
 
 
-def train_row(row: str, train_x, train_y, val_x, val_y, args) -> tuple[float, np.ndarray, float]:
-    """(top-1, predicted val classes, seconds) for one row, with the trainer's loop."""
+def train_row(row: str, train_x, train_y, val_x, val_y, args,
+              model: torch.nn.Module | None = None) -> tuple[float, np.ndarray, float]:
+    """(top-1, predicted val classes, seconds) for one row, with the trainer's loop
+    (`model`: a research row's own, built under torch.manual_seed(0) like build_model's)."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
@@ -154,7 +156,7 @@ def train_row(row: str, train_x, train_y, val_x, val_y, args) -> tuple[float, np
     from train.losses import build_loss
 
     torch.manual_seed(0)
-    model = build_model(row, args)
+    model = build_model(row, args) if model is None else model
     criterion, _ = build_loss("ce", 10)
     optimizer = create_optimizer_v2(model, opt="adamw", lr=args.lr, weight_decay=0.05)
     steps = math.ceil(len(train_x) / args.batch_size)
@@ -670,7 +672,7 @@ def main() -> None:
 
             sizes = ({"photos": 5, "side": 224} if name == "photos" else
                      {"fashion_mnist_train": int(len(data[0])), "fashion_mnist_test": int(len(data[2]))})
-            if name == "learned":
+            if name in ("learned", "gallery"):
                 sizes["victims"] = args.victims
             extra = {"recognizer": report["recognizer"]} if name in ("accuracy", "learned") else {}
             merge(args.results, f"hardened_modes/{name}", report[name], threads=args.threads, sizes=sizes, **extra)
@@ -687,11 +689,13 @@ def main() -> None:
     if "statistics" in sections:
         report["statistics"] = section_statistics(data, args)
         record("statistics")
-    # These sections are measured here, not written to --results (no risk line reads them).
+    # corpus and views are measured here, not written to --results (no risk line reads them);
+    # gallery is: the risk line states the membership exposure from it.
     if "corpus" in sections:
         report["corpus"] = section_corpus(args)
     if "gallery" in sections:
         report["gallery"] = section_gallery(data, args)
+        record("gallery")
     if "views" in sections:
         report["views"] = section_views(args)
     report["seconds"] = round(time.perf_counter() - started, 1)

@@ -45,6 +45,23 @@ def figures(mode: str, results: dict) -> dict:
                    reidentification_chance=learned["reidentification_chance"])
     if "ratio_to_plain" in accuracy:
         out["ratio_to_plain"] = accuracy["ratio_to_plain"]
+    out.update(_membership(results, mode))
+    return out
+
+
+def _membership(results: dict, mode: str) -> dict:
+    """What the histogram matcher (no attack, no key) tells of membership: its AUC, and its
+    re-identification against the largest same-class public gallery measured."""
+    section = results.get("sections", {}).get("hardened_modes/gallery", {})
+    row = _row(results, "hardened_modes/gallery", mode)
+    if "membership_auc" not in row:
+        return {}
+    out = {"membership_auc": row["membership_auc"]}
+    same_class = row.get("histogram", {}).get("same class", {})
+    if same_class:
+        size = max(same_class, key=int)
+        out.update(histogram_reidentification=same_class[size], histogram_gallery=int(size),
+                   histogram_chance=section["chance"][size])
     return out
 
 
@@ -64,6 +81,13 @@ def risk_line(mode: str, results: dict | None = None) -> str:
                      f"their class (chance {f['reidentification_chance']})")
     if "ratio_to_plain" in f:
         parts.append(f"training reaches {f['ratio_to_plain']} of plain top-1 (Fashion-MNIST)")
+    if "membership_auc" in f:
+        text = (f"membership: whoever holds an image tests whether it is in the release by its pixel "
+                f"histogram, membership AUC {f['membership_auc']} (0.5: a coin toss)")
+        if "histogram_reidentification" in f:
+            text += (f", and picks it out of {f['histogram_gallery']} Fashion-MNIST images of its class "
+                     f"{f['histogram_reidentification']} of the time (chance {f['histogram_chance']})")
+        parts.append(text)
     if not parts:
         return "privacy not measured for this mode (no entry in encrypt/measured_risk.json)"
     return "measured: " + "; ".join(parts)
@@ -73,13 +97,15 @@ def markdown_table(modes, results: dict | None = None) -> str:
     """The docs/privacy.md table of the same figures, with the command behind each column."""
     results = load() if results is None else results
     rows = ["| mode | neighbour acc., photos | PSNR, photos (dB) | recognizability, Fashion-MNIST "
-            "| re-identification (chance) | top-1 / plain |", "|---|---|---|---|---|---|"]
+            "| re-identification (chance) | top-1 / plain | membership AUC, histogram |",
+            "|---|---|---|---|---|---|---|"]
     for mode in modes:
         f = figures(mode, results)
         unmeasured = "not measured"
         reid = f"{f['reidentification']} ({f['reidentification_chance']})" if "reidentification" in f else unmeasured
         rows.append(f"| `{mode}` | {f.get('photo_neighbour', '–')} | {f.get('photo_psnr', '–')} | "
-                    f"{f.get('recognizability', unmeasured)} | {reid} | {f.get('ratio_to_plain', unmeasured)} |")
+                    f"{f.get('recognizability', unmeasured)} | {reid} | {f.get('ratio_to_plain', unmeasured)} | "
+                    f"{f.get('membership_auc', unmeasured)} |")
     rows.append("")
     for name, section in sorted(results.get("sections", {}).items()):
         rows.append(f"- `{name}` ({section['date']}): `{section['command']}`")

@@ -211,7 +211,7 @@ def test_cli_offers_the_mode_and_refuses_it_for_detection(tmp_path):
 
 
 @pytest.mark.parametrize("mode, figure", [("mix-shuffle-orient", "of plain top-1"),
-                                          ("mix-shuffle", "re-identifies")])
+                                          ("mix-shuffle", "re-identifies"), ("mix", "membership AUC")])
 def test_every_run_prints_its_mode_s_measured_risk(tmp_path, keystore, mode, figure):
     root = tmp_path / "src"
     write_imagefolder(root, {"train": 4})

@@ -50,9 +50,23 @@ def test_every_mode_prints_its_measured_figures_or_says_it_is_unmeasured(mode):
         assert "not measured" in line
     else:  # the numbers printed are exactly the file's, nothing else
         stored = [v for v in figures.values() if isinstance(v, (int, float))]
-        assert sorted(numbers(line)) == sorted(float(v) for v in stored + [0.1] * ("recognizability" in figures))
+        constants = [0.1] * ("recognizability" in figures) + [0.5] * ("membership_auc" in figures)
+        assert sorted(numbers(line)) == sorted(float(v) for v in stored + constants)
         for value in stored:
             assert str(value) in line
+
+
+@pytest.mark.parametrize("mode", CIPHER_MODES)
+def test_the_risk_line_states_membership_once_the_gallery_is_measured(mode):
+    results = risk.load()
+    assert "hardened_modes/gallery" in results["sections"], "run hardened_modes.py --sections gallery --results"
+    f = risk.figures(mode, results)
+    line = risk.risk_line(mode, results)
+    assert f"membership AUC {f['membership_auc']}" in line
+    assert f"{f['histogram_reidentification']} of the time (chance {f['histogram_chance']})" in line
+    without = {"sections": {k: v for k, v in results["sections"].items() if k != "hardened_modes/gallery"}}
+    assert "membership" not in risk.risk_line(mode, without)
+    assert "membership_auc" not in risk.figures(mode, without)
 
 
 def test_a_mode_without_entries_prints_that_it_is_unmeasured():
