@@ -36,6 +36,23 @@ def merge(path: Path | str, name: str, section: dict, **provenance) -> None:
         _merge(path, name, section, provenance)
 
 
+def restate(path: Path | str, name: str, fields: dict) -> None:
+    """Replace `fields` of section `name`, derived from its recorded figures by code (e.g. a
+    rule applied anew), keeping the measurement's command and date and adding this command's."""
+    path = Path(path)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text())
+        section = data["sections"][name]
+        section.update(fields)
+        section["restated_by"] = {"command": command_line(),
+                                  "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                  "fields": sorted(fields)}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, path)
+
+
 def _merge(path: Path, name: str, section: dict, provenance: dict) -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
     data.setdefault("about", "Written by the privacy benchmarks (--results); read by encrypt/risk.py. "
