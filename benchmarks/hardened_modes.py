@@ -620,11 +620,10 @@ def section_views(args) -> dict:
             "chance": round(chance, 4), "rows": out}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default=",".join(SECTIONS))
-    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows")
-    parser.add_argument("--train", type=int, default=20000, help="Fashion-MNIST train images")
+def add_budget_arguments(parser: argparse.ArgumentParser, *, train: int, learned_steps: int) -> None:
+    """The data, model and attack budget options every privacy harness shares (same names,
+    same meaning), so two harnesses' figures are compared on stated budgets."""
+    parser.add_argument("--train", type=int, default=train, help="Fashion-MNIST train images")
     parser.add_argument("--val", type=int, default=2000, help="Fashion-MNIST test images")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--dim", type=int, default=64)
@@ -632,9 +631,16 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--learned-steps", type=int, default=600)
+    parser.add_argument("--learned-steps", type=int, default=learned_steps)
     parser.add_argument("--victims", type=int, default=500, help="Fashion-MNIST images the learned attack sees")
     parser.add_argument("--threads", type=int, default=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows")
+    add_budget_arguments(parser, train=20000, learned_steps=600)
     parser.add_argument("--corpus", default="/usr/share/backgrounds,/usr/share/wallpapers",
                         help="comma-separated folders of public photos (corpus section)")
     parser.add_argument("--corpus-steps", type=int, default=600)
