@@ -44,6 +44,13 @@ class KeyStream:
         self._pos += count
         return out
 
+    def read(self, count: int) -> bytes:
+        """The next ``count`` raw keystream bytes, for callers that draw many values at once
+        (research transforms turning them into arrays); the same stream the draws below read."""
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError(f"read needs a count >= 0, got {count!r}")
+        return self._take(count)
+
     def _bits(self, k: int) -> int:
         """A uniform integer in ``[0, 2**k)`` from the next ``ceil(k/8)`` bytes (big-endian)."""
         nbytes = (k + 7) // 8

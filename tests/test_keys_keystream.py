@@ -180,3 +180,14 @@ def test_permutation_follows_the_documented_rule_word_for_word(n):
             fast, slow = stream_type(seed), stream_type(seed)
             assert fast.permutation(n) == _documented_permutation(slow, n)
             assert fast.randbelow(1000) == slow.randbelow(1000)
+
+
+def test_read_gives_the_stream_the_draws_read():
+    """`read` hands out the same keystream bytes the integer draws consume, in order."""
+    seed = hashlib.sha256(b"read").digest()
+    raw, drawn = KeyStream(seed), KeyStream(seed)
+    assert int.from_bytes(raw.read(4), "big") == drawn.randbelow(2**32)
+    assert raw.read(0) == b""
+    assert raw.permutation(49) == drawn.permutation(49)
+    with pytest.raises(ValueError):
+        raw.read(-1)

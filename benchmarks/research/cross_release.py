@@ -12,14 +12,16 @@ from __future__ import annotations
 import numpy as np
 
 from encrypt import ciphers
+from encrypt.plan import JobSettings
 from shards.manifest import CipherSpec
 
 
 def release(dataset_key, mode: str, patch: int, sub_patch: int | None, size: int, channels: int, salt: bytes):
-    """(release key, cipher spec) of one release, bound as encrypt-dataset binds it."""
-    spec = CipherSpec.for_image(mode, patch, sub_patch, (size, size), "png", None, channels)
-    binding = {"cipher": spec.to_dict(), "task": "classification", "views": 1, "resize": None}
-    return dataset_key.release_key(binding, salt), spec
+    """(release key, cipher spec) of one release, bound by the job's own binding
+    (`JobSettings.release_binding`) of a PNG centre-crop release at this geometry."""
+    settings = JobSettings(mode=mode, patch=patch, sub_patch=sub_patch, size=size, resize=size, views=1,
+                           format="png", quality=95, channels=channels, shard_samples=1)
+    return dataset_key.release_key(settings.release_binding(), salt), settings.cipher_spec()
 
 
 def encrypt(images: np.ndarray, keys, spec: CipherSpec, paths: list[str]) -> tuple[np.ndarray, list]:

@@ -14,25 +14,23 @@ applied to the stored image of a shipped mode (its tiles are the model's tokens)
   noise      keyed Gaussian noise of sigma levels on every stored pixel, rounded and clipped
              (the owner can subtract it up to the clipping).
 
-Keyed draws come from per-image 32-byte seeds (HMAC outputs of keys.derive) expanded by
-ChaCha20 (cryptography), never from `random` or numpy's RNG.
+Keyed draws come from per-image 32-byte seeds (HMAC outputs of keys.derive) read through
+the project's one keyed stream (keys.keystream.KeyStream, ChaCha20), never from `random` or
+numpy's RNG.
 """
 from __future__ import annotations
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from encrypt.ciphers import from_tokens, to_tokens
+from keys.keystream import KeyStream
 
 NORM_MEAN, NORM_STD = 128.0, 40.0
 
 
 def keyed_uniforms(seed: bytes, count: int) -> np.ndarray:
-    """`count` floats in (0, 1) from ChaCha20(key = seed): 32 bits each, never 0."""
-    if not isinstance(seed, (bytes, bytearray)) or len(seed) != 32:
-        raise ValueError("a keyed seed must be 32 bytes")
-    stream = Cipher(algorithms.ChaCha20(bytes(seed), bytes(16)), mode=None).encryptor()
-    words = np.frombuffer(stream.update(bytes(4 * count)), dtype=">u4").astype(np.float64)
+    """`count` floats in (0, 1) from the seed's keystream: 32 bits each, never 0."""
+    words = np.frombuffer(KeyStream(seed).read(4 * count), dtype=">u4").astype(np.float64)
     return (words + 0.5) / 2.0 ** 32
 
 
