@@ -47,7 +47,7 @@ from train.checkpoint import (
 )
 from train.config import DetectionConfig, RunConfig, TrainConfig
 from train.errors import RunDiverged, TrainError
-from train.runtime import Runtime, autocast, main_decides, seed_augmentation, start_runtime
+from train.runtime import Runtime, autocast, main_decides, runtime_session, seed_augmentation
 from train.tasks import Task, create_model, model_normalisation, task_for, task_named
 from train.tasks.classification import build_model, evaluate
 from train.threads import setup_cpu_threads
@@ -555,8 +555,11 @@ def train(config: RunConfig, *, resume: bool = False, device: str | None = None,
     release), CheckpointError and RunError (the run folder), ValueError (settings) with
     one-line messages, and RunDiverged when a logged loss is not finite.
     """
-    task = task_for(config)
-    runtime = start_runtime(device)
+    with runtime_session(device) as runtime:
+        return _train(task_for(config), config, runtime, resume, threads)
+
+
+def _train(task: Task, config: RunConfig, runtime: Runtime, resume: bool, threads: int | None) -> dict[str, Any]:
     out = Path(config.out)
     main_decides(runtime, lambda: check_run_folder(out, resume))
     release = _open_release(task, config, runtime)
@@ -588,7 +591,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, shards: str | os.PathLike
     CPU threads as in `train`. Refuses (CheckpointError) a checkpoint of another `task` when
     one is named, and one trained on another cipher geometry or class count.
     """
-    runtime = start_runtime(device)
+    with runtime_session(device) as runtime:
+        return _evaluate(runtime, checkpoint, shards, split, batch_size, workers, verify_digests, threads, task)
+
+
+def _evaluate(runtime: Runtime, checkpoint, shards, split: str, batch_size: int | None, workers: int,
+              verify_digests: bool, threads: int | None, task: str | None) -> dict[str, Any]:
     state = load_checkpoint(checkpoint)
     kind = state.get("task", "classification")
     if task is not None and kind != task:

@@ -8,9 +8,10 @@ the run folder; every rank gets the same number of batches.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 
 from train.data import epoch_seed
 
-__all__ = ["Runtime", "autocast", "main_decides", "seed_augmentation", "start_runtime"]
+__all__ = ["Runtime", "autocast", "main_decides", "runtime_session", "seed_augmentation", "start_runtime"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Runtime:
     rank: int
     world_size: int
     device: torch.device
+    owns_group: bool = False  # this process joined the torchrun group here, so it leaves it
 
     @property
     def main(self) -> bool:
@@ -66,10 +68,27 @@ def start_runtime(device: str | None = None) -> Runtime:
         dev = torch.device(device or "cpu")
     if world_size > 1:
         dist = torch.distributed
-        if not dist.is_initialized():
+        joined = not dist.is_initialized()
+        if joined:
             dist.init_process_group(backend="nccl" if cuda else "gloo")
-        return Runtime(dist.get_rank(), dist.get_world_size(), dev)
+        return Runtime(dist.get_rank(), dist.get_world_size(), dev, owns_group=joined)
     return Runtime(0, 1, dev)
+
+
+@contextlib.contextmanager
+def runtime_session(device: str | None = None) -> Iterator[Runtime]:
+    """`start_runtime`, and on the way out leave the process group this process joined.
+
+    A rank that exits with its gloo group still alive can abort in the group's threads at
+    interpreter shutdown (SIGABRT, "terminate called without an active exception") after a
+    run that finished; torch asks for destroy_process_group before exit.
+    """
+    runtime = start_runtime(device)
+    try:
+        yield runtime
+    finally:
+        if runtime.owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def seed_augmentation(seed: int, epoch: int, rank: int) -> None:
